@@ -1,0 +1,61 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crm
+
+.PHONY: run test venv lint check bench-sync bench-inbox clean
+
+$(BIN)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+## make run: SQLite + embedded broker (unless DATABASE_URL / CELERY_BROKER_URL are set), demo data,
+## then web + Celery worker + beat + the IDLE watcher in one terminal. Ctrl-C stops them all.
+run: venv
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py seed_demo
+	@echo ""
+	@echo "  CRM running at http://127.0.0.1:$(PORT)/"
+	@echo "  Demo login:    demo@example.com / demo-password-123"
+	@echo "  Admin login:   admin@example.com / admin-password-123"
+	@echo ""
+	@export DJANGO_DEBUG=$${DJANGO_DEBUG:-1}; trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/celery -A crm worker --beat --loglevel=INFO --concurrency=2 --pool=threads & \
+	$(BIN)/python manage.py sync_mail & \
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+## make test: lint, migration check and the whole suite against PostgreSQL (TEST_DATABASE_URL).
+test: venv
+	$(BIN)/ruff check .
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_ARGS)
+
+## Benchmarks (print figures; not tests). They use their own PostgreSQL database.
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crm_bench
+BENCH_MESSAGES ?= 20000
+
+bench-sync: venv
+	-createdb -h 127.0.0.1 -U postgres crm_bench 2>/dev/null
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v0
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py bench_sync --messages $(BENCH_MESSAGES)
+
+BENCH_INBOX_MESSAGES ?= 200000
+BENCH_INBOX_ARGS ?=
+
+bench-inbox: venv
+	-createdb -h 127.0.0.1 -U postgres crm_bench 2>/dev/null
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v0
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py bench_inbox --messages $(BENCH_INBOX_MESSAGES) $(BENCH_INBOX_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf var .pytest_cache

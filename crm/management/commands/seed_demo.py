@@ -1,0 +1,130 @@
+"""Demo data for `make run`: idempotent, so running it on every start is safe."""
+
+from decimal import Decimal
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from contacts.models import Organization, OrganizationDomain, Person, PersonEmail
+from crm.demo_mail import sample_messages
+from crm.models import Team, User
+from deals.models import Deal, Pipeline, Stage
+from leads.models import Lead
+from mailsync.ingest import ingest_raw
+from mailsync.linking import link_threads
+from mailsync.models import EmailAccount
+from projects.models import Project
+
+DEMO_USER = ("demo@example.com", "demo-password-123")
+ADMIN_USER = ("admin@example.com", "admin-password-123")
+
+STAGES = [("Lead in", 10), ("Contact made", 25), ("Proposal sent", 50), ("Negotiation", 75)]
+ORGANIZATIONS = [
+    (
+        "Acme Corporation",
+        "acme.example",
+        [("Wile", "Coyote", "wile@acme.example"), ("Road", "Runner", "rr@acme.example")],
+    ),
+    ("Globex", "globex.example", [("Hank", "Scorpio", "hank@globex.example")]),
+    (
+        "Initech",
+        "initech.example",
+        [("Peter", "Gibbons", "peter@initech.example"), ("Bill", "Lumbergh", "bill@initech.example")],
+    ),
+    ("Umbrella Ltd", "umbrella.example", [("Alice", "Abernathy", "alice@umbrella.example")]),
+]
+DEALS = [
+    ("Acme anvils 2027", "Wile", "Proposal sent", Decimal("12000")),
+    ("Globex volcano lair fit-out", "Hank", "Negotiation", Decimal("250000")),
+    ("Initech TPS reports licence", "Peter", "Contact made", Decimal("4800")),
+    ("Umbrella lab supplies", "Alice", "Lead in", Decimal("30500")),
+]
+
+
+class Command(BaseCommand):
+    help = "Create a demo company (users, pipeline, people, organizations, deals, a lead and a project)."
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        team, _ = Team.objects.get_or_create(name="Sales")
+        demo = self._user(*DEMO_USER, first_name="Dana", last_name="Demo", team=team, role=User.Role.USER)
+        self._user(*ADMIN_USER, first_name="Ada", last_name="Admin", team=team, role=User.Role.ADMIN, staff=True)
+
+        pipeline, _ = Pipeline.objects.get_or_create(name="Sales pipeline")
+        stages = {}
+        for order, (name, probability) in enumerate(STAGES):
+            stages[name], _ = Stage.objects.get_or_create(
+                pipeline=pipeline, name=name, defaults={"order": order, "probability": probability}
+            )
+
+        people = {}
+        for org_name, domain, contacts in ORGANIZATIONS:
+            org, _ = Organization.objects.get_or_create(name=org_name, defaults={"owner": demo})
+            OrganizationDomain.objects.get_or_create(domain=domain, defaults={"organization": org})
+            for first, last, email in contacts:
+                existing = PersonEmail.objects.filter(email=email).select_related("person").first()
+                person = (
+                    existing.person
+                    if existing
+                    else Person.objects.create(first_name=first, last_name=last, organization=org, owner=demo)
+                )
+                if not existing:
+                    PersonEmail.objects.create(person=person, email=email, is_primary=True)
+                people[first] = person
+
+        for title, first, stage_name, value in DEALS:
+            person = people[first]
+            Deal.objects.get_or_create(
+                title=title,
+                defaults={
+                    "pipeline": pipeline,
+                    "stage": stages[stage_name],
+                    "value": value,
+                    "currency": "EUR",
+                    "person": person,
+                    "organization": person.organization,
+                    "owner": demo,
+                },
+            )
+        Lead.objects.get_or_create(
+            title="Inbound: Initech printer fleet",
+            defaults={"owner": demo, "person": people["Bill"], "source": "Website"},
+        )
+        Project.objects.get_or_create(
+            title="Acme onboarding",
+            defaults={"owner": demo, "person": people["Wile"], "organization": people["Wile"].organization},
+        )
+        self._sample_mailbox(demo)
+        self.stdout.write(self.style.SUCCESS("Demo data ready."))
+
+    def _sample_mailbox(self, user: User) -> None:
+        """Sample conversations through the real ingestion and linking, in a paused account that points
+        at no server (so the scheduler never tries it). Connect a real mailbox in Settings > Email sync."""
+        account, _ = EmailAccount.objects.get_or_create(
+            user=user,
+            email_address=user.email,
+            defaults={
+                "display_name": "Sample mailbox (demo data)",
+                "username": user.email,
+                "imap_host": "imap.demo.invalid",
+                "smtp_host": "smtp.demo.invalid",
+                "state": EmailAccount.State.PAUSED,
+            },
+        )
+        result = ingest_raw(account, sample_messages(user.email))
+        link_threads(result.thread_ids)
+
+    def _user(self, email, password, *, first_name, last_name, team, role, staff=False) -> User:
+        user = User.objects.filter(email=email).first()
+        if user is None:
+            user = User.objects.create_user(
+                email=email,
+                password=password,
+                first_name=first_name,
+                last_name=last_name,
+                team=team,
+                role=role,
+                is_staff=staff,
+                is_superuser=staff,
+            )
+        return user

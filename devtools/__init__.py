@@ -1,0 +1,1 @@
+"""Tools for tests and benchmarks (test servers, message generators). Not used by the product."""

@@ -1,0 +1,344 @@
+"""Bulk actions of the mail lists: mark read / unread, archive, move back to the inbox, delete (S5, S6).
+
+Who: a user acts on their OWN conversations in the list they are looking at. Ids of anyone else's
+threads, or of threads no longer in that list, are refused and counted, and nothing happens to them.
+
+Scope: read / unread, archive and "move to inbox" change the thread's visible messages in that list
+(archiving a conversation leaves the user's replies in Sent); delete removes the whole conversation.
+
+CRM first: the action is one transaction (messages + list rows, mailsync.mailbox). Then, after the
+commit, a Celery task per mail account repeats it on the server through mailsync.imap, one IMAP
+session per account, grouped by folder:
+- read / unread: always (\\Seen is two-way, as in every mail client; otherwise the next sync of the
+  flags would undo the change);
+- archive, move to inbox, delete: only with MailSettings.apply_actions_on_server (S5): MOVE from the
+  Inbox to the Archive folder (created when there is none; Gmail: All Mail), back to the Inbox, or to
+  the Trash. Deleting never expunges: the provider keeps the mail in its Trash (S6: it can be synced
+  again from there; in the CRM it stays deleted).
+The task runs under the account's sync lock, and moves the stored locations along with the server
+copies (COPYUID), so the next sync finds each message where it now is: one message, with its CRM
+state (is_archived, deleted_at with deletion_source "user" are never undone by a sync). A server
+failure is recorded on the account (services.record_connection_failure: the account banner shows it)
+and never undoes the CRM action.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from crm.models import User
+
+from . import errors, imap
+from .inbox import MAILBOXES, own_entries
+from .mailbox import refresh_mailboxes
+from .models import EmailAccount, EmailMessage, Mailbox, MailFolder, MailSettings, MessageLocation
+
+logger = logging.getLogger(__name__)
+
+READ, UNREAD, ARCHIVE, MOVE_TO_INBOX, DELETE = "read", "unread", "archive", "inbox", "delete"
+LABELS = {
+    READ: "Mark read",
+    UNREAD: "Mark unread",
+    ARCHIVE: "Archive",
+    MOVE_TO_INBOX: "Move to Inbox",
+    DELETE: "Delete",
+}
+DONE = {
+    READ: "marked read",
+    UNREAD: "marked unread",
+    ARCHIVE: "archived",
+    MOVE_TO_INBOX: "moved to the Inbox",
+    DELETE: "deleted",
+}
+ACTIONS_BY_MAILBOX = {
+    Mailbox.INBOX: (READ, UNREAD, ARCHIVE, DELETE),
+    Mailbox.SENT: (READ, UNREAD, DELETE),
+    Mailbox.ARCHIVE: (READ, UNREAD, MOVE_TO_INBOX, DELETE),
+    Mailbox.TRASH: (READ, UNREAD, MOVE_TO_INBOX, DELETE),
+}
+# Actions that change the mail account only when the user asked for it (S5); read state always does.
+OPTIONAL_ON_SERVER = {ARCHIVE, MOVE_TO_INBOX, DELETE}
+DELETE_WARNING = "Deleted emails cannot be restored in the CRM unless they are synced again from your mail provider."
+SEEN = "\\Seen"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The part of a request the user may act on."""
+
+    thread_ids: list[int]
+    message_ids: list[int]
+    refused: int  # requested ids that are not the user's conversations in this list
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: str
+    threads: int
+    messages: int
+    refused: int
+    on_server: bool  # the mail account is changed too (after the commit)
+
+    def summary(self) -> str:
+        noun = "conversation" if self.threads == 1 else "conversations"
+        text = f"{self.threads} {noun} {DONE[self.action]}."
+        if self.on_server and self.action in OPTIONAL_ON_SERVER:
+            text += " Your mail account is updated too."
+        return text
+
+
+def allowed_actions(mailbox: str) -> tuple[str, ...]:
+    return ACTIONS_BY_MAILBOX.get(mailbox, ())
+
+
+def _parse_ids(raw_ids: set[str]) -> set[int]:
+    return {int(text) for text in raw_ids if text.isdigit() and len(text) < 19}
+
+
+def select(user: User, *, mailbox: str, thread_ids, action: str) -> Selection:
+    """The requested threads that are the user's own in this list, and the messages the action touches."""
+    raw = {str(value).strip() for value in thread_ids}
+    requested = _parse_ids(raw)
+    own = sorted(
+        set(own_entries(user).filter(mailbox=mailbox, thread_id__in=requested).values_list("thread_id", flat=True))
+    )
+    messages = EmailMessage.objects.filter(
+        thread_id__in=own, thread__owner=user, deleted_at__isnull=True, is_blocked=False
+    )
+    if action != DELETE:
+        messages = messages.filter(mailbox=mailbox)
+    return Selection(
+        thread_ids=own,
+        message_ids=sorted(messages.values_list("pk", flat=True)),
+        refused=len(raw) - len(own),
+    )
+
+
+def _validate(mailbox: str, action: str) -> None:
+    if mailbox not in MAILBOXES:
+        raise ValidationError("Unknown mailbox.")
+    if action not in allowed_actions(mailbox):
+        raise ValidationError(f"This action is not available in {MAILBOXES[mailbox]}.")
+
+
+def preview(user: User, *, mailbox: str, action: str, thread_ids) -> Selection:
+    """What an action would change (for the delete confirmation); nothing is written."""
+    _validate(mailbox, action)
+    return select(user, mailbox=mailbox, thread_ids=thread_ids, action=action)
+
+
+@transaction.atomic
+def apply_bulk_action(*, user: User, mailbox: str, action: str, thread_ids) -> ActionResult:
+    """Apply `action` to the user's conversations `thread_ids` in `mailbox` (CRM now, server after commit)."""
+    from .ingest import lock_owner_mail
+
+    _validate(mailbox, action)
+    # The owner's mail lock, as ingestion takes it: a batch arriving meanwhile waits, then sees this state.
+    lock_owner_mail(user.pk)
+    selection = select(user, mailbox=mailbox, thread_ids=thread_ids, action=action)
+    ids = selection.message_ids
+    if ids:
+        messages = EmailMessage.objects.filter(pk__in=ids)
+        if action == READ:
+            messages.update(is_read=True)
+        elif action == UNREAD:
+            messages.update(is_read=False)
+        elif action == ARCHIVE:
+            messages.update(is_archived=True, restored_to_inbox=False)
+        elif action == MOVE_TO_INBOX:
+            messages.update(is_archived=False, restored_to_inbox=True)
+        elif action == DELETE:
+            # "user": a deletion in the CRM that a later sync never undoes (sync._restore_reappeared).
+            messages.update(deleted_at=timezone.now(), deletion_source="user")
+        refresh_mailboxes(ids)
+    on_server = bool(ids) and (action not in OPTIONAL_ON_SERVER or applies_on_server(user))
+    if on_server:
+        _enqueue_server_work(action, ids)
+    return ActionResult(
+        action=action,
+        threads=len(selection.thread_ids),
+        messages=len(ids),
+        refused=selection.refused,
+        on_server=on_server,
+    )
+
+
+def applies_on_server(user: User) -> bool:
+    return MailSettings.objects.filter(user=user, apply_actions_on_server=True).exists()
+
+
+def _enqueue_server_work(action: str, message_ids: list[int]) -> None:
+    by_account: dict[int, list[int]] = defaultdict(list)
+    for pk, account_id in EmailMessage.objects.filter(pk__in=message_ids).values_list("pk", "account_id"):
+        by_account[account_id].append(pk)
+
+    def enqueue() -> None:
+        from . import tasks
+
+        for account_id, ids in sorted(by_account.items()):
+            tasks.apply_action_on_server.delay(account_id, action, ids)
+
+    transaction.on_commit(enqueue)
+
+
+# --- on the server ---------------------------------------------------------------------------------
+
+
+class RetryLater(Exception):
+    """The account is busy (a sync holds its lock) or the server failed transiently: try again later."""
+
+
+@dataclass
+class ServerReport:
+    moved: int = 0
+    flagged: int = 0
+    skipped: str = ""  # why nothing was done (account paused, removed, ...)
+
+
+def apply_on_server(
+    *, account_id: int, action: str, message_ids: list[int], final_attempt: bool = True
+) -> ServerReport:
+    """Repeat a CRM action on the mail server for one account's messages. Never raises a mail error:
+    failures are recorded on the account, except transient ones before the final attempt (RetryLater)."""
+    from . import services, sync
+
+    account = EmailAccount.objects.filter(pk=account_id).first()
+    if account is None:
+        return ServerReport(skipped="account gone")
+    if not account.is_active:
+        return ServerReport(skipped=f"account {account.get_state_display().lower()}")
+    try:
+        with sync.account_lock(account.pk) as acquired:
+            if not acquired:
+                raise RetryLater(f"account {account.pk} is syncing")
+            with imap.connect(services.account_imap_config(account)) as session:
+                return _apply(session, account, action, message_ids)
+    except errors.MailError as error:
+        if error.transient and not final_attempt:
+            raise RetryLater(str(error)) from error
+        logger.warning("%s on the server failed for account %s: %s", action, account.pk, error)
+        services.record_connection_failure(account=account, error=error)
+        return ServerReport(skipped=error.message)
+
+
+def _apply(session: imap.ImapSession, account: EmailAccount, action: str, message_ids: list[int]) -> ServerReport:
+    report = ServerReport()
+    locations = list(
+        MessageLocation.objects.filter(
+            message_id__in=message_ids, folder__account=account, folder__exists_on_server=True
+        )
+        .select_related("folder")
+        .order_by("folder_id", "uid")
+    )
+    if action in (READ, UNREAD):
+        by_folder = _group(locations)
+        for folder, folder_locations in by_folder.items():
+            uids = _current_uids(session, folder, folder_locations)
+            if uids:
+                (session.add_flags if action == READ else session.remove_flags)(uids, [SEEN])
+                report.flagged += len(uids)
+        return report
+    target_role = {
+        ARCHIVE: MailFolder.Role.ARCHIVE,
+        MOVE_TO_INBOX: MailFolder.Role.INBOX,
+        DELETE: MailFolder.Role.TRASH,
+    }[action]
+    to_move = _locations_to_move(action, locations)
+    if not to_move:
+        return report
+    target = _target_folder(session, account, target_role)
+    target_uidvalidity = None
+    for folder, folder_locations in _group(to_move).items():
+        if folder.pk == target.pk:
+            continue
+        uids = _current_uids(session, folder, folder_locations)
+        if not uids:
+            continue
+        mapping = session.move(uids, target.name)
+        if target_uidvalidity is None:
+            target_uidvalidity = session.folder_status(target.name).uidvalidity
+        _follow_moves(folder_locations, target, target_uidvalidity, mapping)
+        report.moved += len(uids)
+    refresh_mailboxes(message_ids)
+    return report
+
+
+def _group(locations: list[MessageLocation]) -> dict[MailFolder, list[MessageLocation]]:
+    grouped: dict[MailFolder, list[MessageLocation]] = {}
+    for location in locations:
+        grouped.setdefault(location.folder, []).append(location)
+    return grouped
+
+
+def _current_uids(session: imap.ImapSession, folder: MailFolder, locations: list[MessageLocation]) -> list[int]:
+    """Select the folder read-write; the UIDs of these locations if they still mean the same messages."""
+    selected = session.select(folder.name, readonly=False)
+    return [location.uid for location in locations if location.uidvalidity == selected.uidvalidity]
+
+
+def _locations_to_move(action: str, locations: list[MessageLocation]) -> list[MessageLocation]:
+    by_message: dict[int, list[MessageLocation]] = defaultdict(list)
+    for location in locations:
+        by_message[location.message_id].append(location)
+    chosen: list[MessageLocation] = []
+    for copies in by_message.values():
+        roles = {copy.folder.role for copy in copies}
+        if action == ARCHIVE:
+            chosen.extend(copy for copy in copies if copy.folder.role == MailFolder.Role.INBOX)
+        elif action == DELETE:
+            chosen.extend(copy for copy in copies if copy.folder.role != MailFolder.Role.TRASH)
+        elif action == MOVE_TO_INBOX and MailFolder.Role.INBOX not in roles:
+            # One copy back to the Inbox (two would become two copies there); Sent copies stay in Sent.
+            movable = [
+                copy for copy in copies if copy.folder.role not in (MailFolder.Role.SENT, MailFolder.Role.DRAFTS)
+            ]
+            movable.sort(key=lambda copy: _RETURN_PREFERENCE.get(copy.folder.role, 9))
+            chosen.extend(movable[:1])
+    return chosen
+
+
+_RETURN_PREFERENCE = {MailFolder.Role.ARCHIVE: 0, MailFolder.Role.ALL: 1, MailFolder.Role.TRASH: 2}
+_FOLDER_NAMES = {MailFolder.Role.ARCHIVE: "Archive", MailFolder.Role.TRASH: "Trash", MailFolder.Role.INBOX: "INBOX"}
+
+
+def _target_folder(session: imap.ImapSession, account: EmailAccount, role: str) -> MailFolder:
+    """The account's folder for `role` as the server lists it now; an Archive (or Gmail's All Mail) or
+    Trash folder is created when the server has none."""
+    server_folders = [folder for folder in session.list_folders() if not folder.noselect]
+    found = next((folder for folder in server_folders if folder.role == role), None)
+    if found is None and role == MailFolder.Role.ARCHIVE:
+        found = next((folder for folder in server_folders if folder.role == MailFolder.Role.ALL), None)
+    if found is None:
+        name = _FOLDER_NAMES[role]
+        session.create_folder(name)
+        found = imap.Folder(name=name, delimiter="", role=role, flags=(), noselect=False)
+    folder, _created = MailFolder.objects.get_or_create(
+        account=account, name=found.name, defaults={"role": found.role, "delimiter": found.delimiter}
+    )
+    return folder
+
+
+def _follow_moves(
+    locations: list[MessageLocation], target: MailFolder, uidvalidity: int | None, mapping: dict[int, int]
+) -> None:
+    """Point the stored locations at the moved copies (or forget them when the server did not say where
+    they went): the next sync then neither loses the message nor takes it for deleted."""
+    with transaction.atomic():
+        moved, forgotten = [], []
+        for location in locations:
+            new_uid = mapping.get(location.uid)
+            if new_uid is None or uidvalidity is None:
+                forgotten.append(location.pk)
+                continue
+            location.folder, location.uidvalidity, location.uid = target, uidvalidity, new_uid
+            moved.append(location)
+        if forgotten:
+            MessageLocation.objects.filter(pk__in=forgotten).delete()
+        if moved:
+            MessageLocation.objects.bulk_update(moved, ["folder", "uidvalidity", "uid"], batch_size=1000)

@@ -1,0 +1,175 @@
+"""Writes on conversations: manual links (L4, L5), visibility (P1-P3), blocked addresses (F1) and the
+"remove emails not related to contacts" clean-up (F3).
+
+Who may do what:
+- link / unlink / accept a suggestion: anyone who can see the thread (`access.visible_threads`) AND
+  the record (`visible_to`). A teammate may correct the links of a conversation shared with them, but
+  never touch a record they cannot open, nor a thread they cannot see.
+- change a thread's visibility: its owner only (P3); admins included in "nobody else".
+- block list, default visibility and clean-up: each user for their own mail only.
+Callers that break these rules get PermissionDenied (views answer 404 before it gets that far).
+"""
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from contacts.models import Person, PersonEmail
+from crm.models import User
+
+from . import blocking
+from .access import can_change_visibility, visible_threads
+from .linking import MANUAL, link_target, link_threads, own_addresses, target_field_for
+from .mailbox import refresh_user_mailboxes
+from .models import BlockedAddress, EmailMessage, EmailThread, MailSettings, MessageParticipant, ThreadLink
+
+
+def _record_visible(user: User, record: models.Model) -> bool:
+    return type(record).objects.visible_to(user).filter(pk=record.pk).exists()
+
+
+def can_link(user: User, thread: EmailThread, record: models.Model) -> bool:
+    return visible_threads(user).filter(pk=thread.pk).exists() and _record_visible(user, record)
+
+
+def _lock_thread(thread: EmailThread) -> None:
+    # Same lock as linking.link_threads: a user's decision is never lost to a concurrent re-link.
+    EmailThread.objects.select_for_update().filter(pk=thread.pk).first()
+
+
+def _set_link(*, user: User, thread: EmailThread, record: models.Model, state: str, reason: str) -> ThreadLink:
+    if not can_link(user, thread, record):
+        raise PermissionDenied("You cannot change the links of this conversation to this record.")
+    _lock_thread(thread)
+    link, _created = ThreadLink.objects.update_or_create(
+        thread=thread,
+        **{target_field_for(record): record},
+        defaults={"state": state, "rule": MANUAL, "reason": reason[:300], "created_by": user},
+    )
+    # Links derived from this one follow it (a person's single open deal, their organization...).
+    link_threads([thread.pk])
+    link.refresh_from_db()
+    return link
+
+
+@transaction.atomic
+def link_thread(*, user: User, thread: EmailThread, record: models.Model) -> ThreadLink:
+    """Link by hand; also lifts a sticky unlink of that record. Other links stay."""
+    return _set_link(user=user, thread=thread, record=record, state=ThreadLink.State.LINKED, reason=f"Linked by {user}")
+
+
+@transaction.atomic
+def unlink_thread(*, user: User, thread: EmailThread, record: models.Model) -> ThreadLink:
+    """Unlink; sticky for the whole thread, later replies included, until someone links it again (L5)."""
+    return _set_link(
+        user=user, thread=thread, record=record, state=ThreadLink.State.UNLINKED, reason=f"Unlinked by {user}"
+    )
+
+
+@transaction.atomic
+def accept_suggestion(*, user: User, link: ThreadLink) -> ThreadLink:
+    if link.state != ThreadLink.State.SUGGESTED:
+        raise ValidationError("This suggestion is no longer open.")
+    record = link_target(link)
+    return _set_link(
+        user=user,
+        thread=link.thread,
+        record=record,
+        state=ThreadLink.State.LINKED,
+        reason=f"Suggestion accepted by {user}: {link.reason}",
+    )
+
+
+def _valid_visibility(visibility: str) -> str:
+    if visibility not in EmailThread.Visibility.values:
+        raise ValidationError("Choose “Private” or “Shared with the company”.")
+    return visibility
+
+
+@transaction.atomic
+def set_thread_visibility(*, user: User, thread: EmailThread, visibility: str) -> EmailThread:
+    if not can_change_visibility(user, thread):
+        raise PermissionDenied("Only the owner of this conversation can change who sees it.")
+    thread.visibility = _valid_visibility(visibility)
+    thread.save(update_fields=["visibility"])
+    return thread
+
+
+@transaction.atomic
+def set_default_visibility(*, user: User, visibility: str) -> MailSettings:
+    """The visibility of conversations synced from now on; existing threads keep theirs (P2)."""
+    mail_settings, _created = MailSettings.objects.get_or_create(user=user)
+    mail_settings.default_visibility = _valid_visibility(visibility)
+    mail_settings.save(update_fields=["default_visibility"])
+    return mail_settings
+
+
+# --- Blocked addresses (F1) ----------------------------------------------------------------------------
+
+
+def preview_blocked_address(*, user: User, pattern: str) -> tuple[str, int]:
+    """(normalised pattern, how many visible messages it would hide); ValidationError when invalid."""
+    normalized = blocking.normalize_block_pattern(pattern)
+    if BlockedAddress.objects.filter(user=user, pattern=normalized).exists():
+        raise ValidationError(f"{normalized} is already blocked.")
+    return normalized, blocking.preview_block(user, normalized)
+
+
+@transaction.atomic
+def add_blocked_address(*, user: User, pattern: str) -> BlockedAddress:
+    return blocking.add_block(user, pattern)
+
+
+@transaction.atomic
+def remove_blocked_address(*, user: User, blocked: BlockedAddress) -> None:
+    if blocked.user_id != user.pk:
+        raise PermissionDenied("This blocked address belongs to someone else.")
+    blocking.remove_block(user, blocked)
+
+
+# --- Contacts filter and clean-up (F2, F3) -------------------------------------------------------------
+
+
+def _contact_participant(user: User) -> Exists:
+    """A participant of a thread (OuterRef) is a person the user may see, other than the user."""
+    contact_addresses = PersonEmail.objects.filter(person__in=Person.objects.visible_to(user)).values("email")
+    return Exists(
+        MessageParticipant.objects.filter(
+            message__thread=OuterRef("pk"), message__deleted_at__isnull=True, address__in=contact_addresses
+        ).exclude(address__in=own_addresses(user) or {""})
+    )
+
+
+def from_existing_contact(threads: QuerySet[EmailThread], user: User) -> QuerySet[EmailThread]:
+    """Inbox filter (F2): threads with at least one participant who is a contact the user may see."""
+    return threads.filter(_contact_participant(user))
+
+
+def _non_contact_messages(user: User) -> QuerySet[EmailMessage]:
+    """The user's own visible messages in threads not related to any contact.
+
+    A thread is related when a participant is a person the user may see, or when it is linked to any
+    record (a person, an organization, a deal, a lead or a project): mail on a record's timeline is
+    never "not related to contacts". Drafts are kept: they are unsent work.
+    """
+    related = EmailThread.objects.filter(owner=user).filter(
+        Q(_contact_participant(user))
+        | Q(Exists(ThreadLink.objects.filter(thread=OuterRef("pk"), state=ThreadLink.State.LINKED)))
+    )
+    return EmailMessage.objects.filter(
+        thread__owner=user, deleted_at__isnull=True, is_blocked=False, is_draft=False
+    ).exclude(thread__in=related)
+
+
+def preview_remove_non_contact_mail(user: User) -> int:
+    return _non_contact_messages(user).count()
+
+
+@transaction.atomic
+def remove_non_contact_mail(user: User) -> int:
+    """Soft-delete (deleted_at) the messages `preview_remove_non_contact_mail` counts; returns how many."""
+    # deletion_source "user": a deletion in the CRM that a later sync must not undo.
+    removed = _non_contact_messages(user).update(deleted_at=timezone.now(), deletion_source="user")
+    refresh_user_mailboxes(user)  # the lists and their counts follow (mailsync.mailbox)
+    return removed

@@ -1,0 +1,360 @@
+"""Pages for one conversation (links, visibility, attachments), blocked addresses and the clean-up.
+
+Thin views: access check through `access` (404 for what the user may not see, admins included for
+private mail) -> service -> render. Writes are POST only. A non-boosted htmx request gets the
+fragment it swaps in; everything else gets the full page or a redirect to it.
+"""
+
+from collections import defaultdict
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import patch_cache_control, patch_vary_headers
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from crm.records import is_partial_request
+
+from . import access, actions, conversation_services, display
+from .linking import (
+    LINKABLE_MODELS,
+    RECORD_KINDS,
+    RECORD_MODELS,
+    TARGET_FIELDS,
+    link_target,
+    rule_label,
+    target_field_for,
+)
+from .mailbox import refresh_mailboxes
+from .models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant, ThreadLink
+
+# The link form offers at most this many open records of each kind (newest first).
+LINK_CHOICES_LIMIT = 200
+
+
+def _render(request: HttpRequest, *, template: str, partial: str, context: dict, status: int = 200) -> HttpResponse:
+    response = render(request, partial if is_partial_request(request) else template, context, status=status)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+def _error_text(error: ValidationError) -> str:
+    return " ".join(error.messages)
+
+
+# --- One conversation ------------------------------------------------------------------------------------
+
+
+def _link_choices(user, thread_links: list[ThreadLink]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Open deals, leads and projects the user may see and the thread is not linked to yet."""
+    linked = {
+        (name, getattr(link, f"{name}_id"))
+        for link in thread_links
+        if link.state == ThreadLink.State.LINKED
+        for name in TARGET_FIELDS
+        if getattr(link, f"{name}_id")
+    }
+    groups = []
+    for kind in RECORD_KINDS:
+        model = RECORD_MODELS[kind]
+        records = model.objects.visible_to(user).filter(status="open").order_by("-created_at", "-pk")
+        options = [
+            (f"{kind}:{record.pk}", str(record))
+            for record in records[:LINK_CHOICES_LIMIT]
+            if (kind, record.pk) not in linked
+        ]
+        groups.append((model._meta.verbose_name_plural.capitalize(), options))
+    return groups
+
+
+def _links_context(user, thread: EmailThread) -> dict:
+    links = access.thread_links_for_user(user, thread)
+    for link in links:
+        link.record = link_target(link)
+        link.kind = target_field_for(link.record)
+        link.target_value = f"{link.kind}:{link.record.pk}"
+        link.rule_label = rule_label(link.rule)
+    return {
+        "thread": thread,
+        "linked": [link for link in links if link.state == ThreadLink.State.LINKED],
+        "suggested": [link for link in links if link.state == ThreadLink.State.SUGGESTED],
+        "unlinked": [link for link in links if link.state == ThreadLink.State.UNLINKED],
+        "link_choices": _link_choices(user, links),
+        "can_change_visibility": access.can_change_visibility(user, thread),
+        "visibility_choices": EmailThread.Visibility.choices,
+    }
+
+
+def _images_shown(request: HttpRequest) -> set[int] | None:
+    """Messages whose remote images the viewer asked to see on this page load: ?images=<pk> (repeatable)
+    or ?images=all (None means all)."""
+    wanted = request.GET.getlist("images")
+    if "all" in wanted:
+        return None
+    return {int(value) for value in wanted if value.isdigit()}
+
+
+def _thread_context(user, thread: EmailThread, *, images_shown: set[int] | None = frozenset()) -> dict:
+    thread_messages = list(access.thread_messages(thread))
+    for message in thread_messages:
+        by_role = defaultdict(list)
+        for participant in message.participants.all():
+            by_role[participant.role].append(participant)
+        message.recipients = [
+            (label, by_role[role])
+            for role, label in (
+                (MessageParticipant.Role.TO, "To"),
+                (MessageParticipant.Role.CC, "Cc"),
+                (MessageParticipant.Role.BCC, "Bcc"),
+            )
+            if by_role[role]
+        ]
+        show_images = images_shown is None or message.pk in images_shown
+        message.remote_images_shown = message.has_remote_images and show_images
+        message.remote_images_blocked = message.has_remote_images and not show_images
+        body = display.body_for_viewer(message, show_remote_images=show_images)
+        message.frame_document = display.frame_document(body) if body else ""
+        # Inline images show in the body; everything else (and inline images of a text-only view) is listed.
+        message.listed_attachments = [
+            attachment for attachment in message.attachments.all() if not (attachment.is_inline and body)
+        ]
+    return {
+        "thread_messages": thread_messages,
+        "frame_sandbox": display.FRAME_SANDBOX,
+        "remote_images_shown": any(message.remote_images_shown for message in thread_messages),
+        "messages_with_hidden_images": sum(message.remote_images_blocked for message in thread_messages),
+        **_links_context(user, thread),
+    }
+
+
+def _mark_read(user, thread: EmailThread, thread_messages: list[EmailMessage]) -> None:
+    """The owner opened the thread: its unread messages become read, in the lists and, through the bulk
+    action, in the mail account too (read state is two-way). Others reading a shared thread change
+    nothing of the owner's mailbox."""
+    if thread.owner_id != user.pk:
+        return
+    unread = [message for message in thread_messages if not message.is_read]
+    in_lists = {message.mailbox for message in unread if actions.READ in actions.allowed_actions(message.mailbox)}
+    for mailbox in sorted(in_lists):
+        actions.apply_bulk_action(user=user, mailbox=mailbox, action=actions.READ, thread_ids=[thread.pk])
+    # Messages in no list (Junk / Drafts only, or not placed yet): read in the CRM only.
+    elsewhere = [message.pk for message in unread if message.mailbox not in in_lists]
+    if elsewhere:
+        EmailMessage.objects.filter(pk__in=elsewhere, is_read=False).update(is_read=True)
+        refresh_mailboxes(elsewhere)
+
+
+@require_GET
+def thread_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    thread = access.get_thread_for_user(request.user, pk)
+    htmx = getattr(request, "htmx", None)
+    if htmx and htmx.boosted:
+        # Untrusted mail renders on this page: load it as a document of its own, so that the browser
+        # applies its Content-Security-Policy (a boosted swap would keep the previous page's policy).
+        response = HttpResponse(status=200)
+        response["HX-Redirect"] = request.get_full_path()
+        return response
+    context = _thread_context(request.user, thread, images_shown=_images_shown(request))
+    _mark_read(request.user, thread, context["thread_messages"])
+    response = _render(
+        request,
+        template="mailsync/conversations/thread_detail.html",
+        partial="mailsync/conversations/_thread.html",
+        context=context,
+    )
+    response["Content-Security-Policy"] = display.content_security_policy(remote_images=context["remote_images_shown"])
+    response["Referrer-Policy"] = "no-referrer"
+    patch_cache_control(response, private=True, no_store=True)
+    return response
+
+
+def _record_from_post(request: HttpRequest):
+    """The record named by POST "target" ("deal:12") if the user may see it (404 if not); None if malformed."""
+    kind, _, raw_pk = request.POST.get("target", "").partition(":")
+    model = LINKABLE_MODELS.get(kind)
+    if model is None or not raw_pk.isdigit():
+        return None
+    return get_object_or_404(model.objects.visible_to(request.user), pk=int(raw_pk))
+
+
+def _after_link_change(request: HttpRequest, thread: EmailThread, *, error: str = "", status: int = 200):
+    if is_partial_request(request):
+        context = _links_context(request.user, thread)
+        context["error"] = error
+        return render(request, "mailsync/conversations/_links.html", context, status=status)
+    if error:
+        messages.error(request, error)
+    return redirect("mailsync:thread_detail", pk=thread.pk)
+
+
+def _change_link(request: HttpRequest, pk: int, service, done: str) -> HttpResponse:
+    thread = access.get_thread_for_user(request.user, pk)
+    record = _record_from_post(request)
+    if record is None:
+        return _after_link_change(request, thread, error="Choose a deal, lead or project.", status=400)
+    try:
+        service(user=request.user, thread=thread, record=record)
+    except ValidationError as error:
+        return _after_link_change(request, thread, error=_error_text(error), status=400)
+    if not is_partial_request(request):
+        messages.success(request, done.format(record=record))
+    return _after_link_change(request, thread)
+
+
+@require_POST
+def thread_link(request: HttpRequest, pk: int) -> HttpResponse:
+    return _change_link(request, pk, conversation_services.link_thread, "Linked to {record}.")
+
+
+@require_POST
+def thread_unlink(request: HttpRequest, pk: int) -> HttpResponse:
+    return _change_link(
+        request, pk, conversation_services.unlink_thread, "Unlinked from {record}. It stays unlinked for later replies."
+    )
+
+
+@require_POST
+def thread_accept_suggestion(request: HttpRequest, pk: int, link_pk: int) -> HttpResponse:
+    thread = access.get_thread_for_user(request.user, pk)
+    link = next((link for link in access.thread_links_for_user(request.user, thread) if link.pk == link_pk), None)
+    if link is None:
+        raise Http404("No such suggestion")
+    try:
+        conversation_services.accept_suggestion(user=request.user, link=link)
+    except ValidationError as error:
+        return _after_link_change(request, thread, error=_error_text(error), status=400)
+    return _after_link_change(request, thread)
+
+
+@require_POST
+def thread_visibility(request: HttpRequest, pk: int) -> HttpResponse:
+    thread = access.get_thread_for_user(request.user, pk)
+    if not access.can_change_visibility(request.user, thread):
+        raise PermissionDenied("Only the owner of this conversation can change who sees it.")
+    try:
+        conversation_services.set_thread_visibility(
+            user=request.user, thread=thread, visibility=request.POST.get("visibility", "")
+        )
+    except ValidationError as error:
+        return _after_link_change(request, thread, error=_error_text(error), status=400)
+    if not is_partial_request(request):
+        messages.success(request, f"This conversation is now {thread.get_visibility_display().lower()}.")
+    return _after_link_change(request, thread)
+
+
+def _download_name(filename: str) -> str:
+    """A filename safe for Content-Disposition and the user's disk: no path, no control characters."""
+    name = "".join(ch for ch in filename if ch.isprintable()).replace("/", "_").replace("\\", "_").strip(" .")
+    return name[:200] or "attachment"
+
+
+@require_GET
+def attachment_download(request: HttpRequest, pk: int) -> FileResponse:
+    attachment = access.get_attachment_for_user(request.user, pk)
+    try:
+        handle = attachment.file.open("rb")
+    except (FileNotFoundError, ValueError):
+        raise Http404("The file of this attachment is missing.") from None
+    # Always a download, never rendered inline: an HTML or SVG attachment must not run on our origin.
+    # (An <img> of the thread page still shows inline images: image loads ignore the disposition.)
+    response = FileResponse(
+        handle,
+        as_attachment=True,
+        filename=_download_name(attachment.filename),
+        content_type=attachment.content_type or "application/octet-stream",
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    patch_cache_control(response, private=True, no_store=True)
+    return response
+
+
+# --- Blocked addresses ---------------------------------------------------------------------------------
+
+
+class BlockForm(forms.Form):
+    pattern = forms.CharField(
+        label="Address or domain",
+        max_length=320,
+        widget=forms.TextInput(attrs={"placeholder": "ann@example.com or @example.com"}),
+    )
+
+
+def _blocked_context(request: HttpRequest, **extra) -> dict:
+    return {"blocked_addresses": BlockedAddress.objects.filter(user=request.user), **extra}
+
+
+def _render_blocked(request: HttpRequest, status: int = 200, **extra) -> HttpResponse:
+    return _render(
+        request,
+        template="mailsync/conversations/blocked.html",
+        partial="mailsync/conversations/_blocked.html",
+        context=_blocked_context(request, **extra),
+        status=status,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def blocked_list(request: HttpRequest) -> HttpResponse:
+    """GET: the list. POST: first a preview ("this would hide N messages"), then with confirm=yes, add."""
+    if request.method == "GET":
+        return _render_blocked(request, form=BlockForm())
+    form = BlockForm(request.POST)
+    if not form.is_valid():
+        return _render_blocked(request, form=form)
+    pattern = form.cleaned_data["pattern"]
+    try:
+        if request.POST.get("confirm") != "yes":
+            normalized, count = conversation_services.preview_blocked_address(user=request.user, pattern=pattern)
+            return _render_blocked(request, form=form, preview_pattern=normalized, preview_count=count)
+        blocked = conversation_services.add_blocked_address(user=request.user, pattern=pattern)
+    except ValidationError as error:
+        form.add_error("pattern", _error_text(error))
+        return _render_blocked(request, form=form)
+    notice = f"{blocked.pattern} is blocked: its mail no longer appears."
+    if is_partial_request(request):
+        return _render_blocked(request, form=BlockForm(), notice=notice)
+    messages.success(request, notice)
+    return redirect("mailsync:blocked_list")
+
+
+@require_POST
+def blocked_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    blocked = get_object_or_404(BlockedAddress, pk=pk, user=request.user)
+    conversation_services.remove_blocked_address(user=request.user, blocked=blocked)
+    notice = f"{blocked.pattern} is no longer blocked: its mail appears again."
+    if is_partial_request(request):
+        return _render_blocked(request, form=BlockForm(), notice=notice)
+    messages.success(request, notice)
+    return redirect("mailsync:blocked_list")
+
+
+# --- Remove emails not related to contacts -------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def cleanup(request: HttpRequest) -> HttpResponse:
+    """GET: how many messages would go. POST with confirm=yes: remove them (soft delete)."""
+    notice = error = ""
+    if request.method == "POST":
+        if request.POST.get("confirm") == "yes":
+            removed = conversation_services.remove_non_contact_mail(request.user)
+            notice = f"{removed} email{'' if removed == 1 else 's'} not related to contacts removed."
+            if not is_partial_request(request):
+                messages.success(request, notice)
+                return redirect("mailsync:cleanup")
+        else:
+            error = "Confirm to remove these emails."
+    return _render(
+        request,
+        template="mailsync/conversations/cleanup.html",
+        partial="mailsync/conversations/_cleanup.html",
+        context={
+            "preview_count": conversation_services.preview_remove_non_contact_mail(request.user),
+            "notice": notice,
+            "error": error,
+        },
+        status=400 if error else 200,
+    )

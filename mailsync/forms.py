@@ -1,0 +1,152 @@
+"""Forms of the mail account pages. Password fields never render a value back."""
+
+import ipaddress
+import re
+
+from django import forms
+
+from . import providers
+from .models import Security
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+_HOST_RE = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+$")
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]").lower()
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PasswordField(forms.CharField):
+    widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("strip", False)  # spaces can be part of a password
+        kwargs.setdefault("max_length", 4096)
+        super().__init__(**kwargs)
+
+
+class AddAccountForm(forms.Form):
+    email_address = forms.EmailField(
+        label="Email address", max_length=320, widget=forms.EmailInput(attrs={"autocomplete": "email"})
+    )
+    password = PasswordField(
+        label="Password",
+        required=False,
+        help_text="Your mailbox password, or an app password if your provider asks for one.",
+    )
+    provider = forms.ChoiceField(
+        label="Provider",
+        required=False,
+        choices=[("", "Detect from my address"), *providers.choices()],
+    )
+    username = forms.CharField(
+        label="Username", required=False, max_length=320, help_text="Leave empty to use your email address."
+    )
+    imap_host = forms.CharField(label="IMAP server", required=False, max_length=253)
+    imap_port = forms.IntegerField(label="IMAP port", required=False, min_value=1, max_value=65535)
+    imap_security = forms.ChoiceField(
+        label="IMAP security", choices=Security.choices, initial=Security.SSL, required=False
+    )
+    smtp_host = forms.CharField(label="SMTP server", required=False, max_length=253)
+    smtp_port = forms.IntegerField(label="SMTP port", required=False, min_value=1, max_value=65535)
+    smtp_security = forms.ChoiceField(
+        label="SMTP security", choices=Security.choices, initial=Security.SSL, required=False
+    )
+
+    SERVER_FIELDS = ("username", "imap_host", "imap_port", "imap_security", "smtp_host", "smtp_port", "smtp_security")
+
+    def clean_email_address(self) -> str:
+        return self.cleaned_data["email_address"].strip().lower()
+
+    def _clean_host(self, name: str) -> str:
+        host = self.cleaned_data.get(name, "").strip().lower()
+        if host and (not _HOST_RE.match(host) or "://" in host):
+            raise forms.ValidationError("Enter a server name such as imap.example.com (no http:// or spaces).")
+        return host
+
+    def clean_imap_host(self) -> str:
+        return self._clean_host("imap_host")
+
+    def clean_smtp_host(self) -> str:
+        return self._clean_host("smtp_host")
+
+    def clean(self):
+        data = super().clean()
+        for prefix in ("imap", "smtp"):
+            data[f"{prefix}_security"] = data.get(f"{prefix}_security") or Security.SSL
+        if not data.get("password"):
+            self.add_error("password", "Enter the password (or app password) of the mailbox.")
+        for prefix in ("imap", "smtp"):
+            host = data.get(f"{prefix}_host", "")
+            if host and data.get(f"{prefix}_security") == Security.NONE and not is_loopback(host):
+                # A4: mail credentials never travel unencrypted over a network. A local bridge is fine.
+                self.add_error(
+                    f"{prefix}_security",
+                    "Unencrypted connections are only allowed to a server on this computer (localhost). "
+                    "Choose SSL/TLS or STARTTLS.",
+                )
+        return data
+
+    @property
+    def has_custom_servers(self) -> bool:
+        return bool(self.cleaned_data.get("imap_host"))
+
+
+class ReauthForm(forms.Form):
+    password = PasswordField(label="New password", help_text="Or a new app password if your provider asks for one.")
+
+
+class FolderSelectionForm(forms.Form):
+    """S2: sync every folder (Junk and Drafts excepted) or only the chosen ones."""
+
+    ALL = "all"
+    SELECTED = "selected"
+
+    mode = forms.ChoiceField(
+        choices=[(ALL, "Sync all emails"), (SELECTED, "Only these folders")], widget=forms.RadioSelect
+    )
+    folders = forms.TypedMultipleChoiceField(coerce=int, required=False, widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, *args, folders=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["folders"].choices = [(folder.pk, folder.name) for folder in folders]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("mode") == self.SELECTED and not data.get("folders"):
+            self.add_error("folders", "Choose at least one folder, or sync all emails.")
+        return data
+
+
+class PastSyncForm(forms.Form):
+    """S4: how far back, and whether only mail with CRM contacts is wanted."""
+
+    months = forms.TypedChoiceField(
+        label="How far back",
+        coerce=int,
+        choices=[(1, "1 month"), (3, "3 months"), (6, "6 months"), (12, "1 year")],
+        initial=3,
+    )
+    only_contacts = forms.BooleanField(label="Only emails with CRM contacts", required=False)
+
+
+class MailPreferencesForm(forms.Form):
+    """Per-user preferences; the choices come from MailSettings so the form and the model agree."""
+
+    linking_mode = forms.ChoiceField(widget=forms.RadioSelect)
+    default_visibility = forms.ChoiceField(widget=forms.RadioSelect)
+    email_link_preference = forms.ChoiceField(widget=forms.RadioSelect)
+
+    def __init__(self, *args, **kwargs):
+        from .models import EmailThread, MailSettings
+
+        super().__init__(*args, **kwargs)
+        self.fields["linking_mode"].choices = MailSettings.LinkingMode.choices
+        self.fields["default_visibility"].choices = EmailThread.Visibility.choices
+        self.fields["email_link_preference"].choices = MailSettings.LinkPreference.choices

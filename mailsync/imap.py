@@ -1,0 +1,738 @@
+"""The only module that talks IMAP (through imapclient). No ORM, no Django: plain data in, plain data out.
+
+    config = ImapConfig(host="imap.example.com", port=993, security="ssl", username="me@example.com",
+                        secret="app-password")
+    with connect(config) as session:            # TLS + login, or a classified MailError (errors.py)
+        for folder in session.list_folders():   # Folder(name, delimiter, role, flags, noselect)
+            ...
+        selected = session.select("INBOX", readonly=True, expected_uidvalidity=stored_uidvalidity)
+        for message in session.fetch_messages(session.search_uids_since(date)):
+            ...                                 # FetchedMessage(uid, flags, internaldate, size, raw)
+
+Rules encoded here (DESIGN.md, notes/imap-sync.md):
+- TLS is verified against the system CAs with a hostname check; `trusted_ca_pem` adds only that CA.
+- Every failure is raised as a classified error from `mailsync.errors` (never an imaplib exception),
+  and no message carries the password or token.
+- CONDSTORE / QRESYNC are ENABLEd right after login, before any SELECT (ENABLE is illegal later).
+- UID sets are sent as lists of ints, at most MAX_UIDS_PER_COMMAND per command (imapclient rejects
+  '1:*' strings in fetch(); the one '1:*' query, CHANGEDSINCE, is sent by hand).
+- Bodies are fetched with BODY.PEEK[] so reading never sets \\Seen on the server.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import datetime as dt
+import functools
+import imaplib
+import logging
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from imapclient import IMAPClient
+from imapclient import exceptions as imap_exc
+from imapclient.response_parser import parse_fetch_response
+
+from . import errors
+
+logger = logging.getLogger(__name__)
+
+MAX_UIDS_PER_COMMAND = 5000
+DEFAULT_FETCH_BATCH = 200
+IDLE_MAX_SECONDS = 29 * 60  # servers may drop an IDLE after 30 minutes (RFC 2177)
+
+SECURITY_SSL = "ssl"
+SECURITY_STARTTLS = "starttls"
+SECURITY_NONE = "none"
+AUTH_OAUTH2 = "oauth2"
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    host: str
+    port: int
+    security: str = SECURITY_SSL  # "ssl" (implicit TLS), "starttls" or "none"
+    username: str = ""
+    secret: str = field(default="", repr=False)  # password / app password, or the OAuth2 access token
+    auth_kind: str = "password"  # "password", "app_password" or "oauth2" (XOAUTH2)
+    trusted_ca_pem: str = field(default="", repr=False)  # extra CA an admin trusts (A4)
+    timeout: float = 15.0
+    enable_qresync: bool = True
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str  # decoded from modified UTF-7
+    delimiter: str
+    role: str  # "inbox", "sent", "archive", "trash", "junk", "drafts", "all" or "" (MailFolder.Role values)
+    flags: tuple[str, ...]
+    noselect: bool
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    name: str
+    messages: int
+    uidnext: int | None
+    uidvalidity: int | None
+    highestmodseq: int | None  # None when the server has no CONDSTORE
+
+
+@dataclass(frozen=True)
+class SelectedFolder:
+    name: str
+    uidvalidity: int | None
+    uidnext: int | None
+    exists: int
+    highestmodseq: int | None
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    uid: int
+    flags: tuple[str, ...]
+    internaldate: dt.datetime | None  # timezone-aware
+    size: int
+    raw: bytes  # the whole message (fetch_messages) or only its header (fetch_headers)
+
+
+@dataclass(frozen=True)
+class FlagChanges:
+    changed: dict[int, tuple[str, ...]]  # uid -> all current flags, for messages changed since the modseq
+    vanished: list[int]  # UIDs expunged since the modseq (QRESYNC only; empty otherwise)
+    highestmodseq: int | None  # highest MODSEQ among the changed messages (None if nothing changed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Error classification
+
+_APP_PASSWORD_HINTS = re.compile(
+    r"application.specific.password|\bapp.?password|web.?login.required|log.?in via (your )?web.?browser"
+    r"|WEBALERT|log.?in with your web.?browser",
+    re.IGNORECASE,
+)
+_IMAP_DISABLED_HINTS = re.compile(
+    r"not enabled for IMAP|IMAP (access )?(is )?disabled|IMAP.{0,20}not (enabled|allowed|permitted)"
+    r"|enable (your account for )?IMAP",
+    re.IGNORECASE,
+)
+_OAUTH_HINTS = re.compile(r"invalid.?token|token.{0,20}(expired|revoked|invalid)|status\":\"40[01]", re.IGNORECASE)
+_NONEXISTENT_HINTS = re.compile(r"NONEXISTENT|doesn't exist|does not exist|no such (mailbox|folder)", re.IGNORECASE)
+
+_TLS_VERIFY_KINDS = {
+    9: "expired",  # X509_V_ERR_CERT_NOT_YET_VALID
+    10: "expired",  # X509_V_ERR_CERT_HAS_EXPIRED
+    18: "self_signed",  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19: "self_signed",  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    2: "untrusted",  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    20: "untrusted",  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: "untrusted",  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    62: "hostname_mismatch",  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: "hostname_mismatch",  # X509_V_ERR_IP_ADDRESS_MISMATCH
+}
+
+
+def classify_network_error(exc: BaseException, *, protocol: str, host: str, port: int) -> errors.MailError | None:
+    """Map socket / TLS exceptions to classified errors (shared with smtp.py). None if not a network error."""
+    where = f"{host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        kind = _TLS_VERIFY_KINDS.get(exc.verify_code, "untrusted")
+        return errors.TlsCertificateError(kind, detail=f"{where}: {exc.verify_message}", protocol=protocol)
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if reason in {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "HTTP_REQUEST"}:
+            return errors.TlsError(
+                "The server on this port does not speak TLS.",
+                fix="Check the port and the security setting: 993 is SSL/TLS for IMAP; 143 uses STARTTLS.",
+                detail=f"{where}: {reason}",
+                protocol=protocol,
+            )
+        return errors.TlsError(detail=f"{where}: {reason}", protocol=protocol)
+    if isinstance(exc, socket.gaierror):
+        return errors.Unreachable(
+            f"The server name {host} could not be found.",
+            fix="Check the spelling of the server name, and that this computer can reach the internet.",
+            detail=f"{where}: {exc.strerror or exc}",
+            protocol=protocol,
+        )
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return errors.ConnectionTimeout(detail=where, protocol=protocol)
+    if isinstance(exc, ConnectionRefusedError):
+        return errors.Unreachable(
+            f"Nothing answers on port {port} of {host}: wrong port, or the server is down.",
+            fix="Check the port (IMAP: 993 for SSL/TLS, 143 for STARTTLS; SMTP: 465 or 587). "
+            "If it is right, the server may be down: try again later.",
+            detail=f"{where}: connection refused",
+            protocol=protocol,
+        )
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, EOFError)):
+        return errors.ConnectionLost(detail=f"{where}: {type(exc).__name__}", protocol=protocol)
+    if isinstance(exc, OSError):
+        return errors.Unreachable(detail=f"{where}: {exc.strerror or type(exc).__name__}", protocol=protocol)
+    return None
+
+
+def _classify_login_failure(text: str, config: ImapConfig) -> errors.MailError:
+    if _IMAP_DISABLED_HINTS.search(text):
+        return errors.ImapDisabled(detail=text, protocol="imap")
+    if _APP_PASSWORD_HINTS.search(text):
+        return errors.AppPasswordRequired(detail=text, protocol="imap")
+    if config.auth_kind == AUTH_OAUTH2:
+        return errors.OAuthFailed(detail=text, protocol="imap")
+    if "PRIVACYREQUIRED" in text.upper() or "LOGINDISABLED" in text.upper():
+        return errors.TlsError(
+            "The server only accepts a login over an encrypted connection.",
+            fix="Choose SSL/TLS (port 993) or STARTTLS (port 143).",
+            detail=text,
+            protocol="imap",
+        )
+    return errors.AuthFailed(detail=text, protocol="imap")
+
+
+def _classify_greeting_failure(text: str) -> errors.MailError:
+    stripped = text.strip().strip("b'\"")
+    # imaplib reports a "+..." greeting (POP3 says "+OK ...") as the continuation marker None.
+    if stripped in {"None", ""} or stripped.startswith("+OK") or "POP3" in stripped.upper():
+        return errors.Pop3Only(detail=stripped[:200], protocol="imap")
+    if _IMAP_DISABLED_HINTS.search(stripped):
+        return errors.ImapDisabled(detail=stripped[:200], protocol="imap")
+    if "EOF" in stripped:
+        return errors.ConnectionLost(
+            "The server closed the connection before greeting.",
+            fix="Check the port and the security setting; the server may also limit connections.",
+            detail=stripped[:200],
+            protocol="imap",
+        )
+    return errors.NotImap(detail=stripped[:200], protocol="imap")
+
+
+def _server_text(exc: BaseException, config: ImapConfig) -> str:
+    """The server's words from an imapclient error: bytes-repr undone, whitespace collapsed, secret scrubbed."""
+    text = str(exc)
+    if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
+        with contextlib.suppress(ValueError, SyntaxError):
+            text = ast.literal_eval(text).decode("utf-8", "replace")
+    return errors.scrub(" ".join(text.split()), config.secret)
+
+
+@contextlib.contextmanager
+def _classified(config: ImapConfig, *, stage: str = "command") -> Iterator[None]:
+    """Turn any exception raised inside into a classified MailError (secrets scrubbed)."""
+    try:
+        yield
+    except errors.MailError:
+        raise
+    except imap_exc.LoginError as exc:
+        raise _classify_login_failure(_server_text(exc, config), config) from None
+    except imaplib.IMAP4.abort as exc:
+        text = _server_text(exc, config)
+        if stage == "greeting":
+            raise _classify_greeting_failure(text) from None
+        raise errors.ConnectionLost(detail=text[:300], protocol="imap") from None
+    except imap_exc.IMAPClientError as exc:
+        text = _server_text(exc, config)
+        if stage == "greeting":
+            raise _classify_greeting_failure(text) from None
+        if stage == "login":
+            raise _classify_login_failure(text, config) from None
+        if _NONEXISTENT_HINTS.search(text):
+            raise errors.FolderNotFound(detail=text[:300], protocol="imap") from None
+        raise errors.ServerError(detail=text[:300], protocol="imap") from None
+    except (OSError, EOFError) as exc:
+        mapped = classify_network_error(exc, protocol="imap", host=config.host, port=config.port)
+        raise mapped from None  # type: ignore[misc]
+    except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
+        # imapclient/imaplib choking on a malformed server response: a server problem for the user,
+        # logged (scrubbed, without traceback locals) for support.
+        text = _server_text(exc, config)
+        logger.warning("unexpected IMAP response from %s: %s: %s", config.host, type(exc).__name__, text[:300])
+        raise errors.ServerError(detail=f"{type(exc).__name__}: {text[:200]}", protocol="imap") from None
+
+
+@functools.lru_cache(maxsize=64)
+def tls_context(trusted_ca_pem: str = "") -> ssl.SSLContext:
+    """System CAs + hostname check; `trusted_ca_pem` adds that CA (and only that) for self-hosted servers.
+
+    Cached: loading the system CA store costs ~40 ms, more than the rest of a no-change sync. A
+    context is not changed after it is built, and is safe to share between connections and threads."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if trusted_ca_pem.strip():
+        try:
+            context.load_verify_locations(cadata=trusted_ca_pem)
+        except (ssl.SSLError, ValueError):
+            raise errors.TlsError(
+                "The trusted certificate authority configured for this account is not a valid PEM certificate.",
+                fix="An administrator must paste the CA certificate in PEM format (-----BEGIN CERTIFICATE-----).",
+            ) from None
+    return context
+
+
+# --------------------------------------------------------------------------------------------------
+# Connecting
+
+
+def connect(config: ImapConfig) -> ImapSession:
+    """Open a connection, secure it, log in and enable CONDSTORE/QRESYNC. Use as a context manager.
+
+    Raises a classified `errors.MailError` for every failure.
+    """
+    context = tls_context(config.trusted_ca_pem) if config.security != SECURITY_NONE else None
+    client: IMAPClient | None = None
+    try:
+        with _classified(config, stage="greeting"):
+            client = IMAPClient(
+                config.host,
+                port=config.port,
+                ssl=config.security == SECURITY_SSL,
+                ssl_context=context,
+                timeout=config.timeout,
+            )
+        client.normalise_times = False  # keep INTERNALDATE timezone-aware
+        with _classified(config, stage="command"):
+            if config.security == SECURITY_STARTTLS:
+                if not client.has_capability("STARTTLS"):
+                    raise errors.StartTlsUnavailable(detail=f"{config.host}:{config.port}", protocol="imap")
+                client.starttls(context)
+        with _classified(config, stage="login"):
+            if config.auth_kind == AUTH_OAUTH2:
+                client.oauth2_login(config.username, config.secret)
+            else:
+                client.login(config.username, config.secret)
+        session = ImapSession(client, config)
+        with _classified(config):
+            session._after_login()
+        return session
+    except BaseException:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+        raise
+
+
+class ImapSession:
+    """A logged-in IMAP connection. Every method raises classified errors only."""
+
+    def __init__(self, client: IMAPClient, config: ImapConfig):
+        self._client = client
+        self._config = config
+        self.capabilities: frozenset[str] = frozenset()
+        self.condstore_enabled = False
+        self.qresync_enabled = False
+        self.selected: SelectedFolder | None = None
+
+    def __enter__(self) -> ImapSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _after_login(self) -> None:
+        # Dovecot (and others) advertise CONDSTORE, QRESYNC, MOVE ... only after login.
+        self._client._cached_capabilities = None
+        self.capabilities = frozenset(c.decode().upper() for c in self._client.capabilities())
+        wanted = []
+        if self._config.enable_qresync and "QRESYNC" in self.capabilities:
+            wanted.append("QRESYNC")  # implies CONDSTORE
+        elif "CONDSTORE" in self.capabilities:
+            wanted.append("CONDSTORE")
+        if wanted and "ENABLE" in self.capabilities:
+            enabled = {c.decode().upper() for c in self._client.enable(*wanted)}
+            self.qresync_enabled = "QRESYNC" in enabled
+            self.condstore_enabled = self.qresync_enabled or "CONDSTORE" in enabled
+        elif "CONDSTORE" in self.capabilities:
+            # CONDSTORE works without ENABLE once a MODSEQ-aware command is used (RFC 7162 3.1).
+            self.condstore_enabled = True
+
+    def has_capability(self, name: str) -> bool:
+        return name.upper() in self.capabilities
+
+    def close(self) -> None:
+        """Log out; never raises (the connection may already be gone)."""
+        try:
+            self._client.logout()
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._client.shutdown()
+
+    def noop(self) -> None:
+        with _classified(self._config):
+            self._client.noop()
+
+    # -- folders
+    def list_folders(self) -> list[Folder]:
+        with _classified(self._config):
+            listing = self._client.list_folders()
+        folders = []
+        for raw_flags, raw_delimiter, name in listing:
+            flags = tuple(_text(f) for f in raw_flags)
+            delimiter = _text(raw_delimiter) if raw_delimiter else ""
+            noselect = any(f.lower() in {"\\noselect", "\\nonexistent"} for f in flags)
+            folders.append(Folder(name=str(name), delimiter=delimiter, role="", flags=flags, noselect=noselect))
+        return assign_roles(folders)
+
+    def folder_status(self, name: str) -> FolderStatus:
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if "CONDSTORE" in self.capabilities:
+            items.append("HIGHESTMODSEQ")
+        with _classified(self._config):
+            status = self._client.folder_status(name, items)
+        return FolderStatus(
+            name=name,
+            messages=int(status.get(b"MESSAGES", 0)),
+            uidnext=_int_or_none(status.get(b"UIDNEXT")),
+            uidvalidity=_int_or_none(status.get(b"UIDVALIDITY")),
+            highestmodseq=_int_or_none(status.get(b"HIGHESTMODSEQ")),
+        )
+
+    def select(self, name: str, *, readonly: bool = False, expected_uidvalidity: int | None = None) -> SelectedFolder:
+        """Select a folder. Raises UidValidityChanged (after selecting) if it differs from the expected one."""
+        with _classified(self._config):
+            response = self._client.select_folder(name, readonly=readonly)
+        selected = SelectedFolder(
+            name=name,
+            uidvalidity=_int_or_none(response.get(b"UIDVALIDITY")),
+            uidnext=_int_or_none(response.get(b"UIDNEXT")),
+            exists=int(response.get(b"EXISTS", 0)),
+            highestmodseq=_int_or_none(response.get(b"HIGHESTMODSEQ")),
+            readonly=readonly or b"READ-WRITE" not in response,
+        )
+        self.selected = selected
+        if expected_uidvalidity is not None and selected.uidvalidity != expected_uidvalidity:
+            raise errors.UidValidityChanged(name, expected_uidvalidity, selected.uidvalidity)
+        return selected
+
+    # -- searching (in the selected folder)
+    def search_all_uids(self) -> list[int]:
+        with _classified(self._config):
+            return sorted(int(uid) for uid in self._client.search("ALL"))
+
+    def search_uids_from(self, first_uid: int) -> list[int]:
+        """UIDs >= first_uid (new mail since a stored UIDNEXT). `n:*` always matches the highest UID,
+        even when it is below n (RFC 3501 6.4.8), so that one is filtered out."""
+        with _classified(self._config):
+            found = self._client.search(["UID", f"{int(first_uid)}:*"])
+        return sorted(int(uid) for uid in found if int(uid) >= first_uid)
+
+    def search_uids_since(self, since: dt.date) -> list[int]:
+        """UIDs of messages that arrived on or after `since` (server INTERNALDATE, day granularity)."""
+        if isinstance(since, dt.datetime):
+            since = since.date()
+        with _classified(self._config):
+            return sorted(int(uid) for uid in self._client.search(["SINCE", since]))
+
+    # -- fetching (in the selected folder)
+    def fetch_messages(self, uids: Iterable[int], *, batch_size: int = DEFAULT_FETCH_BATCH) -> Iterator[FetchedMessage]:
+        """Whole messages, `batch_size` per command (batches in the given order, UIDs sorted within one).
+
+        Does not set \\Seen (BODY.PEEK[]). UIDs expunged meanwhile are skipped silently.
+        """
+        yield from self._fetch(uids, "BODY.PEEK[]", b"BODY[]", batch_size)
+
+    def fetch_headers(self, uids: Iterable[int], *, batch_size: int = 1000) -> Iterator[FetchedMessage]:
+        """Like fetch_messages but `raw` is only the header block: cheap matching by Message-ID."""
+        yield from self._fetch(uids, "BODY.PEEK[HEADER]", b"BODY[HEADER]", batch_size)
+
+    def _fetch(self, uids: Iterable[int], item: str, key: bytes, batch_size: int) -> Iterator[FetchedMessage]:
+        batch_size = max(1, min(batch_size, MAX_UIDS_PER_COMMAND))
+        for chunk in _chunks(uids, batch_size):
+            with _classified(self._config):
+                response = self._client.fetch(chunk, ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", item])
+            for uid in sorted(response):
+                data = response[uid]
+                if key not in data:  # unsolicited FETCH (flags of another message), or vanished meanwhile
+                    continue
+                yield FetchedMessage(
+                    uid=int(uid),
+                    flags=_flags(data.get(b"FLAGS", ())),
+                    internaldate=_aware(data.get(b"INTERNALDATE")),
+                    size=int(data.get(b"RFC822.SIZE", 0)),
+                    raw=bytes(data[key] or b""),
+                )
+
+    def fetch_flags(self, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
+        result: dict[int, tuple[str, ...]] = {}
+        for chunk in _chunks(uids, MAX_UIDS_PER_COMMAND):
+            with _classified(self._config):
+                response = self._client.fetch(chunk, ["FLAGS"])
+            for uid, data in response.items():
+                if b"FLAGS" in data:
+                    result[int(uid)] = _flags(data[b"FLAGS"])
+        return result
+
+    def fetch_changed_flags(self, since_modseq: int) -> FlagChanges:
+        """Flags of every message changed since `since_modseq` (CONDSTORE), and with QRESYNC the UIDs
+        expunged since then. Take the new cursor from select()'s highestmodseq, read BEFORE this call."""
+        if not self.condstore_enabled:
+            raise errors.ServerError("The server does not support CONDSTORE.", protocol="imap")
+        modifiers = f"(CHANGEDSINCE {int(since_modseq)}{' VANISHED' if self.qresync_enabled else ''})"
+        imap = self._client._imap
+        with _classified(self._config):
+            imap.untagged_responses.pop("VANISHED", None)
+            # imapclient's fetch() cannot send '1:*'; this is the same command, sent through imaplib.
+            typ, data = imap.uid("FETCH", "1:*", "(UID FLAGS MODSEQ)", modifiers)
+            if typ != "OK":
+                raise imap_exc.IMAPClientError(f"FETCH CHANGEDSINCE failed: {data!r}")
+            vanished_lines = imap.untagged_responses.pop("VANISHED", [])
+            parsed = parse_fetch_response([d for d in data if d is not None] or [None], False, True)
+        changed: dict[int, tuple[str, ...]] = {}
+        highest = None
+        for uid, item in parsed.items():
+            if b"FLAGS" not in item:
+                continue
+            changed[int(uid)] = _flags(item[b"FLAGS"])
+            modseq = item.get(b"MODSEQ")
+            if modseq:
+                value = int(modseq[0] if isinstance(modseq, tuple) else modseq)
+                highest = value if highest is None else max(highest, value)
+        vanished: list[int] = []
+        for line in vanished_lines:
+            text = _text(line)
+            vanished.extend(parse_uid_set(text.replace("(EARLIER)", "").strip()))
+        return FlagChanges(changed=changed, vanished=sorted(set(vanished)), highestmodseq=highest)
+
+    # -- waiting for changes
+    def idle_wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds (<= 29 min) for a change in the selected folder; True if one came."""
+        timeout = max(0.0, min(timeout, IDLE_MAX_SECONDS))
+        if not self.has_capability("IDLE"):
+            time.sleep(timeout)
+            with _classified(self._config):
+                _, responses = self._client.noop()
+            return any(_is_change(r) for r in responses)
+        with _classified(self._config):
+            self._client.idle()
+            try:
+                responses = self._client.idle_check(timeout=timeout)
+            finally:
+                _, done_responses = self._client.idle_done()
+        return any(_is_change(r) for r in list(responses) + list(done_responses))
+
+    # -- changing (in the selected folder)
+    def add_flags(self, uids: Iterable[int], flags: Iterable[str]) -> None:
+        self._store(uids, flags, self._client.add_flags)
+
+    def remove_flags(self, uids: Iterable[int], flags: Iterable[str]) -> None:
+        self._store(uids, flags, self._client.remove_flags)
+
+    def set_flags(self, uids: Iterable[int], flags: Iterable[str]) -> None:
+        """Replace all flags of the messages with `flags`."""
+        self._store(uids, flags, self._client.set_flags)
+
+    def _store(self, uids: Iterable[int], flags: Iterable[str], method) -> None:
+        flag_list = [f.encode() if isinstance(f, str) else f for f in flags]
+        for chunk in _chunks(uids, MAX_UIDS_PER_COMMAND):
+            with _classified(self._config):
+                method(chunk, flag_list, silent=True)
+
+    def move(self, uids: Iterable[int], destination: str) -> dict[int, int]:
+        """Move messages to another folder (MOVE, or COPY + delete). Returns old UID -> new UID when the
+        server reports it (UIDPLUS COPYUID), else an empty dict."""
+        mapping: dict[int, int] = {}
+        for chunk in _chunks(uids, MAX_UIDS_PER_COMMAND):
+            with _classified(self._config):
+                self._pop_response_codes("COPYUID")
+                if self.has_capability("MOVE"):
+                    self._client.move(chunk, destination)
+                    codes = self._pop_response_codes("COPYUID")
+                else:
+                    self._client.copy(chunk, destination)
+                    codes = self._pop_response_codes("COPYUID")
+                    self._delete_now(chunk)
+            for code in codes:
+                mapping.update(_copyuid_mapping(code))
+        return mapping
+
+    def copy(self, uids: Iterable[int], destination: str) -> dict[int, int]:
+        """Copy messages to another folder; returns old UID -> new UID when the server reports it."""
+        mapping: dict[int, int] = {}
+        for chunk in _chunks(uids, MAX_UIDS_PER_COMMAND):
+            with _classified(self._config):
+                self._pop_response_codes("COPYUID")
+                self._client.copy(chunk, destination)
+                codes = self._pop_response_codes("COPYUID")
+            for code in codes:
+                mapping.update(_copyuid_mapping(code))
+        return mapping
+
+    def _pop_response_codes(self, name: str) -> list[str]:
+        """Response codes such as [COPYUID ...] that imaplib files under untagged_responses[name]."""
+        return [_text(item) for item in self._client._imap.untagged_responses.pop(name, [])]
+
+    def delete(self, uids: Iterable[int]) -> None:
+        """Flag \\Deleted and expunge exactly these UIDs (UID EXPUNGE; plain EXPUNGE without UIDPLUS)."""
+        for chunk in _chunks(uids, MAX_UIDS_PER_COMMAND):
+            with _classified(self._config):
+                self._delete_now(chunk)
+
+    def _delete_now(self, chunk: list[int]) -> None:
+        self._client.add_flags(chunk, [b"\\Deleted"], silent=True)
+        if self.has_capability("UIDPLUS"):
+            self._client.uid_expunge(chunk)
+        else:
+            self._client.expunge()
+
+    def append(
+        self, folder: str, raw: bytes, *, flags: Iterable[str] = (), internaldate: dt.datetime | None = None
+    ) -> int | None:
+        """Store a message in a folder; returns its UID when the server tells (UIDPLUS APPENDUID)."""
+        with _classified(self._config):
+            self._pop_response_codes("APPENDUID")
+            self._client.append(folder, raw, flags=tuple(flags), msg_time=internaldate)
+            codes = self._pop_response_codes("APPENDUID")  # "<uidvalidity> <uid>"
+        parts = codes[-1].split() if codes else []
+        return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
+
+    def create_folder(self, name: str) -> None:
+        with _classified(self._config):
+            self._client.create_folder(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers (pure)
+
+SPECIAL_USE_ROLES = {
+    "\\sent": "sent",
+    "\\archive": "archive",
+    "\\trash": "trash",
+    "\\junk": "junk",
+    "\\drafts": "drafts",
+    "\\all": "all",
+    "\\allmail": "all",  # Gmail XLIST spelling
+    "\\spam": "junk",
+    "\\inbox": "inbox",
+}
+
+# Folder names used by servers without SPECIAL-USE (full lower-cased names and last path components).
+ROLE_NAMES = {
+    "sent": [
+        "sent", "sent items", "sent messages", "sent mail", "sent-mail", "[gmail]/sent mail",
+        "[google mail]/sent mail", "gesendet", "gesendete objekte", "gesendete elemente", "envoyés",
+        "éléments envoyés", "messages envoyés", "wysłane", "elementy wysłane", "posta inviata", "inviati",
+        "enviados", "elementos enviados", "itens enviados", "verzonden", "verzonden items", "skickat",
+        "skickade objekt", "sendt", "lähetetyt", "отправленные", "已发送", "已發送", "送信済み",
+    ],
+    "trash": [
+        "trash", "deleted items", "deleted messages", "deleted", "bin", "[gmail]/trash", "[gmail]/bin",
+        "[google mail]/papierkorb", "papierkorb", "gelöschte objekte", "gelöschte elemente", "corbeille",
+        "éléments supprimés", "kosz", "elementy usunięte", "cestino", "posta eliminata", "papelera",
+        "elementos eliminados", "lixeira", "itens excluídos", "prullenbak", "verwijderde items",
+        "papperskorgen", "корзина", "удаленные", "已删除", "ごみ箱",
+    ],
+    "junk": [
+        "junk", "spam", "junk e-mail", "junk email", "junk mail", "bulk mail", "[gmail]/spam",
+        "[google mail]/spam", "courrier indésirable", "indésirables", "junk-e-mail", "posta indesiderata",
+        "correo no deseado", "lixo eletrônico", "ongewenste e-mail", "skräppost", "спам", "垃圾邮件",
+        "迷惑メール",
+    ],
+    "drafts": [
+        "drafts", "draft", "[gmail]/drafts", "[google mail]/entwürfe", "entwürfe", "brouillons",
+        "kopie robocze", "bozze", "borradores", "rascunhos", "concepten", "utkast", "черновики", "草稿",
+        "下書き",
+    ],
+    "archive": ["archive", "archives", "archiv", "archivio", "archiwum", "archivo", "arquivo", "archief", "архив"],
+    "all": ["[gmail]/all mail", "[google mail]/all mail", "[google mail]/alle nachrichten", "all mail"],
+}  # fmt: skip
+_NAME_TO_ROLE = {name: role for role, names in ROLE_NAMES.items() for name in names}
+
+
+def assign_roles(folders: list[Folder]) -> list[Folder]:
+    """Roles from SPECIAL-USE flags; for roles no flag claimed, from well-known names (one folder per role)."""
+    roles: dict[int, str] = {}
+    taken: set[str] = set()
+    for index, folder in enumerate(folders):
+        if folder.name.upper() == "INBOX":
+            roles[index] = "inbox"
+            taken.add("inbox")
+            continue
+        for flag in folder.flags:
+            role = SPECIAL_USE_ROLES.get(flag.lower())
+            if role and role not in taken:
+                roles[index] = role
+                taken.add(role)
+                break
+    for index, folder in enumerate(folders):
+        if index in roles or folder.noselect:
+            continue
+        lowered = folder.name.lower()
+        leaf = lowered.rsplit(folder.delimiter, 1)[-1] if folder.delimiter else lowered
+        role = _NAME_TO_ROLE.get(lowered) or _NAME_TO_ROLE.get(leaf)
+        if role and role not in taken:
+            roles[index] = role
+            taken.add(role)
+    return [
+        Folder(f.name, f.delimiter, roles.get(i, ""), f.flags, f.noselect) if i in roles else f
+        for i, f in enumerate(folders)
+    ]
+
+
+def parse_uid_set(text: str) -> list[int]:
+    """'1:3,7' -> [1, 2, 3, 7]."""
+    uids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part:
+            low, high = sorted(int(x) for x in part.split(":", 1))
+            uids.extend(range(low, high + 1))
+        elif part.isdigit():
+            uids.append(int(part))
+    return uids
+
+
+def _copyuid_mapping(code: str) -> dict[int, int]:
+    """'<uidvalidity> <source uid set> <destination uid set>' (RFC 4315) -> {source uid: destination uid}."""
+    parts = code.split()
+    if len(parts) != 3:
+        return {}
+    old, new = parse_uid_set(parts[1]), parse_uid_set(parts[2])
+    return dict(zip(old, new, strict=False)) if len(old) == len(new) else {}
+
+
+def _chunks(uids: Iterable[int], size: int) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    for uid in uids:
+        chunk.append(int(uid))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _flags(raw_flags) -> tuple[str, ...]:
+    return tuple(sorted(_text(f) for f in raw_flags if _text(f).lower() != "\\recent"))
+
+
+def _int_or_none(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return int(value) if value is not None else None
+
+
+def _aware(value) -> dt.datetime | None:
+    if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _is_change(response) -> bool:
+    if not isinstance(response, tuple) or len(response) < 2:
+        return False
+    kind = response[1] if isinstance(response[0], int) else response[0]
+    return _text(kind).upper() in {"EXISTS", "EXPUNGE", "FETCH", "VANISHED", "RECENT"}

@@ -1,0 +1,230 @@
+"""The mail workspace: Inbox, Sent, Archive and Trash of the user's own mail, with filters, search and
+bulk actions.
+
+Thin views: filters from the query string -> selectors (mailsync.inbox) -> render; bulk actions are
+POST only -> mailsync.actions. A non-boosted htmx request (search box, filters, pages) gets only the
+results fragment. Every active filter is shown as a chip that says how many conversations it hides
+and how to remove it (F2); the mailbox tabs show the totals.
+"""
+
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from crm.records import is_partial_request, live_filter_fields
+
+from . import actions
+from . import inbox as lists  # the view below is called `inbox`
+from .inbox import LINKED, MAILBOXES, UNLINKED, InboxFilters
+from .models import Mailbox
+
+MAX_QUERY_LENGTH = 200
+URL_NAMES = {
+    Mailbox.INBOX: "mailsync:inbox",
+    Mailbox.SENT: "mailsync:sent",
+    Mailbox.ARCHIVE: "mailsync:archive",
+    Mailbox.TRASH: "mailsync:trash",
+}
+
+
+class InboxFilterForm(forms.Form):
+    """The search box and filters above a list; each control refreshes only the results (htmx).
+
+    Unknown or invalid values are ignored rather than reported: they come from URLs."""
+
+    q = forms.CharField(
+        required=False,
+        max_length=MAX_QUERY_LENGTH,
+        label="Search",
+        widget=forms.SearchInput(attrs={"placeholder": "Search subject, text, people…", "autocomplete": "off"}),
+    )
+    unread = forms.BooleanField(required=False, label="Unread only")
+    account = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Account")
+    folder = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Folder")
+    linked = forms.ChoiceField(
+        required=False,
+        label="Linked",
+        choices=[("", "Linked or not"), (LINKED, "Linked to a record"), (UNLINKED, "Not linked to a record")],
+    )
+    contact = forms.BooleanField(required=False, label="From an existing contact")
+
+    def __init__(self, data, *, results_url: str, accounts: list, folders: list):
+        super().__init__(data)
+        self.accounts = {account.pk: account for account in accounts}
+        self.folders = {folder.pk: folder for folder in folders}
+        self.fields["account"].choices = [("", "All accounts")] + [(a.pk, a.email_address) for a in accounts]
+        several = len(accounts) > 1
+        self.fields["folder"].choices = [("", "All folders")] + [
+            (f.pk, f"{f.name} ({f.account.email_address})" if several else f.name) for f in folders
+        ]
+        self.show_accounts = several
+        live_filter_fields(self, results_url)
+
+    def filters(self) -> InboxFilters:
+        self.is_valid()
+        data = self.cleaned_data  # only the fields that were valid
+        return InboxFilters(
+            unread=bool(data.get("unread")),
+            account=self.accounts.get(data.get("account")),
+            folder=self.folders.get(data.get("folder")),
+            linked=data.get("linked") or "",
+            from_contact=bool(data.get("contact")),
+            query=(data.get("q") or "").strip(),
+        )
+
+
+def _url_without(request: HttpRequest, *names: str) -> str:
+    """This list's URL without the given parameters (and back on page 1)."""
+    kept = [(key, value) for key, value in request.GET.items() if key not in names and key != "page" and value]
+    return request.path + (f"?{urlencode(kept)}" if kept else "")
+
+
+def _chips(request: HttpRequest, filters: InboxFilters) -> list[dict]:
+    """One chip per active filter, with the URL that removes it."""
+    chips = []
+    if filters.query:
+        chips.append({"label": f"Search: “{filters.query}”", "remove_url": _url_without(request, "q")})
+    if filters.unread:
+        chips.append({"label": "Only unread", "remove_url": _url_without(request, "unread")})
+    if filters.account is not None:
+        chips.append(
+            {"label": f"Account: {filters.account.email_address}", "remove_url": _url_without(request, "account")}
+        )
+    if filters.folder is not None:
+        chips.append({"label": f"Folder: {filters.folder.name}", "remove_url": _url_without(request, "folder")})
+    if filters.linked:
+        label = "Linked to a record" if filters.linked == LINKED else "Not linked to a record"
+        chips.append({"label": label, "remove_url": _url_without(request, "linked")})
+    if filters.from_contact:
+        chips.append({"label": "From an existing contact", "remove_url": _url_without(request, "contact")})
+    return chips
+
+
+def _page_number(request: HttpRequest) -> int:
+    raw = request.GET.get("page", "1")
+    return int(raw) if raw.isdigit() and len(raw) < 7 else 1
+
+
+def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
+    user = request.user
+    partial = is_partial_request(request)
+    accounts = lists.account_choices(user)
+    # The filter controls are outside the fragment: a partial needs only what the filters refer to.
+    folders = lists.folder_choices(user)
+    form = InboxFilterForm(request.GET, results_url=request.path, accounts=accounts, folders=folders)
+    filters = form.filters()
+    counts = lists.mailbox_counts(user)
+    total = counts[mailbox].total
+    page = lists.inbox_page(user, mailbox, filters, page=_page_number(request), count=None if filters.active else total)
+    context = {
+        "mailbox": mailbox,
+        "mailbox_label": MAILBOXES[mailbox],
+        "mailbox_url": reverse(URL_NAMES[mailbox]),
+        "tabs": [
+            {"mailbox": key, "label": label, "url": reverse(URL_NAMES[key]), "count": counts[key]}
+            for key, label in MAILBOXES.items()
+        ],
+        "counts": counts,
+        "total": total,
+        "hidden": None if page.capped else max(0, total - page.count),
+        "page": page,
+        "filters": filters,
+        "chips": _chips(request, filters),
+        "clear_url": request.path,
+        "filter_form": form,
+        "actions": [(action, actions.LABELS[action]) for action in actions.allowed_actions(mailbox)],
+        "next_url": request.get_full_path(),
+        "has_accounts": bool(accounts),
+    }
+    template = "mailsync/inbox/_results.html" if partial else "mailsync/inbox/mailbox.html"
+    response = render(request, template, context)
+    # The same URL answers with a page or a fragment: caches must keep them apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@require_GET
+def inbox(request: HttpRequest) -> HttpResponse:
+    return _mailbox_page(request, Mailbox.INBOX)
+
+
+@require_GET
+def sent(request: HttpRequest) -> HttpResponse:
+    return _mailbox_page(request, Mailbox.SENT)
+
+
+@require_GET
+def archive(request: HttpRequest) -> HttpResponse:
+    return _mailbox_page(request, Mailbox.ARCHIVE)
+
+
+@require_GET
+def trash(request: HttpRequest) -> HttpResponse:
+    return _mailbox_page(request, Mailbox.TRASH)
+
+
+def _next_url(request: HttpRequest, mailbox: str) -> str:
+    candidate = request.POST.get("next", "")
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return reverse(URL_NAMES.get(mailbox, "mailsync:inbox"))
+
+
+def _refused_text(refused: int, mailbox: str) -> str:
+    noun = "conversation was" if refused == 1 else "conversations were"
+    return f"{refused} selected {noun} not changed: they are not yours, or no longer in {MAILBOXES[mailbox]}."
+
+
+@require_POST
+def bulk_action(request: HttpRequest) -> HttpResponse:
+    """POST mailbox, action, thread (repeated), next; delete asks for confirmation first (S6)."""
+    mailbox = request.POST.get("mailbox", "")
+    action = request.POST.get("action", "")
+    thread_ids = request.POST.getlist("thread")
+    next_url = _next_url(request, mailbox)
+    if mailbox not in MAILBOXES or action not in actions.allowed_actions(mailbox):
+        messages.error(request, "This action is not available here.")
+        return redirect(next_url)
+    if not thread_ids:
+        messages.error(request, "Select at least one conversation first.")
+        return redirect(next_url)
+    if action == actions.DELETE and request.POST.get("confirm") != "yes":
+        selection = actions.preview(request.user, mailbox=mailbox, action=action, thread_ids=thread_ids)
+        if not selection.thread_ids:
+            messages.error(request, _refused_text(selection.refused, mailbox))
+            return redirect(next_url)
+        response = render(
+            request,
+            "mailsync/inbox/confirm_delete.html",
+            {
+                "selection": selection,
+                "mailbox": mailbox,
+                "mailbox_label": MAILBOXES[mailbox],
+                "next_url": next_url,
+                "warning": actions.DELETE_WARNING,
+                "on_server": actions.applies_on_server(request.user),
+            },
+        )
+        # A boosted form would put /mail/actions/ in the address bar, where a reload is a GET (405).
+        response["HX-Push-Url"] = "false"
+        return response
+    try:
+        result = actions.apply_bulk_action(user=request.user, mailbox=mailbox, action=action, thread_ids=thread_ids)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect(next_url)
+    if result.threads:
+        messages.success(request, result.summary())
+    if result.refused:
+        messages.error(request, _refused_text(result.refused, mailbox))
+    return redirect(next_url)

@@ -1,0 +1,526 @@
+"""Mail accounts: connect (test first, then save), re-authenticate, pause / resume, remove (SPEC A1-A8).
+
+Network I/O (connection tests, OAuth refresh) never runs inside a database transaction: test first, then
+write the outcome in one short transaction. Removing or pausing an account never deletes synced mail;
+connecting the same mailbox again re-activates its row, so its messages are neither lost nor duplicated.
+
+For the sync engine: `account_imap_config(account)` / `account_smtp_config(account)` build the
+connection configs (decrypting the secret, refreshing an OAuth2 token when it is about to expire), and
+`record_connection_failure` / `record_connection_success` keep the account's state and error in line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from crm.models import User
+
+from . import crypto, errors, imap, oauth, providers, smtp
+from .models import AccountAddress, AuthKind, EmailAccount, MailFolder
+
+logger = logging.getLogger(__name__)
+
+State = EmailAccount.State
+ERROR_AFTER = 3  # consecutive transient failures before a working account shows an error
+RETRY_BACKOFF_MAX_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """Where and how to connect (everything except the secret)."""
+
+    email_address: str
+    provider: str
+    username: str
+    auth_kind: str
+    imap_host: str
+    imap_port: int
+    imap_security: str
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    attachment_limit_mb: int = 25
+    display_name: str = ""
+
+
+def settings_from_preset(
+    preset: providers.ProviderPreset, *, email_address: str, username: str = "", auth_kind: str = ""
+) -> AccountSettings:
+    domain = email_address.rpartition("@")[2]
+    preset = preset.for_domain(domain)
+    if not auth_kind:
+        auth_kind = AuthKind.APP_PASSWORD if preset.auth_kind != providers.PASSWORD else AuthKind.PASSWORD
+    return AccountSettings(
+        email_address=email_address,
+        provider=preset.key,
+        username=username or email_address,
+        auth_kind=auth_kind,
+        imap_host=preset.imap_host,
+        imap_port=preset.imap_port,
+        imap_security=preset.imap_security,
+        smtp_host=preset.smtp_host,
+        smtp_port=preset.smtp_port,
+        smtp_security=preset.smtp_security,
+        attachment_limit_mb=preset.attachment_limit_mb,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Connection configs and tests (no database writes)
+
+
+def deployment_trusted_ca_pem() -> str:
+    """The CA an admin trusts for every account (settings.MAILSYNC_TRUSTED_CA_FILE), or ""."""
+    path = getattr(settings, "MAILSYNC_TRUSTED_CA_FILE", "")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        logger.warning("MAILSYNC_TRUSTED_CA_FILE %s cannot be read", path)
+        return ""
+
+
+def trusted_ca_for(account_ca_pem: str = "") -> str:
+    return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), account_ca_pem) if pem.strip())
+
+
+def _protocol_auth_kind(auth_kind: str) -> str:
+    return imap.AUTH_OAUTH2 if auth_kind == AuthKind.OAUTH2 else "password"
+
+
+def imap_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pem: str = "") -> imap.ImapConfig:
+    return imap.ImapConfig(
+        host=account_settings.imap_host,
+        port=account_settings.imap_port,
+        security=account_settings.imap_security,
+        username=account_settings.username,
+        secret=secret,
+        auth_kind=_protocol_auth_kind(account_settings.auth_kind),
+        trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
+        timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
+    )
+
+
+def smtp_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pem: str = "") -> smtp.SmtpConfig:
+    return smtp.SmtpConfig(
+        host=account_settings.smtp_host,
+        port=account_settings.smtp_port,
+        security=account_settings.smtp_security,
+        username=account_settings.username,
+        secret=secret,
+        auth_kind=_protocol_auth_kind(account_settings.auth_kind),
+        trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
+        timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
+    )
+
+
+def check_connection(*, account_settings: AccountSettings, secret: str, trusted_ca_pem: str = "") -> None:
+    """Log in over IMAP (and list the folders), then over SMTP. Raises a classified errors.MailError."""
+    with imap.connect(imap_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem)) as session:
+        session.list_folders()
+    if account_settings.smtp_host:
+        smtp.verify_login(smtp_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem))
+
+
+def settings_of(account: EmailAccount) -> AccountSettings:
+    return AccountSettings(
+        email_address=account.email_address,
+        provider=account.provider,
+        username=account.username,
+        auth_kind=account.auth_kind,
+        imap_host=account.imap_host,
+        imap_port=account.imap_port,
+        imap_security=account.imap_security,
+        smtp_host=account.smtp_host,
+        smtp_port=account.smtp_port,
+        smtp_security=account.smtp_security,
+        attachment_limit_mb=account.attachment_limit_mb,
+        display_name=account.display_name,
+    )
+
+
+def current_secret(account: EmailAccount) -> str:
+    """The password, or a fresh OAuth2 access token (refreshed and stored when about to expire)."""
+    secret = account.get_secret()
+    if not secret:
+        raise errors.AuthFailed("No credentials are stored for this account.", detail="empty secret")
+    if account.auth_kind != AuthKind.OAUTH2:
+        return secret
+    tokens = oauth.OAuthTokens.from_secret(secret)
+    if tokens.expires_soon():
+        tokens = oauth.refresh_access_token(tokens.provider, refresh_token=tokens.refresh_token)
+        _store_secret(account=account, secret=tokens.to_secret())
+    return tokens.access_token
+
+
+@transaction.atomic
+def _store_secret(*, account: EmailAccount, secret: str) -> None:
+    account.set_secret(secret)
+    account.save(update_fields=["secret_encrypted", "updated_at"])
+
+
+def account_imap_config(account: EmailAccount) -> imap.ImapConfig:
+    """The IMAP config of a saved account, for the sync engine (may refresh the OAuth2 token)."""
+    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
+
+
+def account_smtp_config(account: EmailAccount) -> smtp.SmtpConfig:
+    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
+
+
+def check_account(account: EmailAccount, *, secret: str | None = None) -> None:
+    """Test a saved account with its stored credentials (or `secret`). Raises errors.MailError."""
+    secret = current_secret(account) if secret is None else secret
+    check_connection(account_settings=settings_of(account), secret=secret, trusted_ca_pem=account.trusted_ca_pem)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writes
+
+
+def _enqueue_sync(account_id: int) -> None:
+    from . import tasks
+
+    transaction.on_commit(lambda: tasks.sync_account.delay(account_id))
+
+
+def _clear_error(account: EmailAccount) -> list[str]:
+    account.last_error_code = ""
+    account.last_error_message = ""
+    account.last_error_fix = ""
+    account.last_error_detail = ""
+    account.consecutive_failures = 0
+    account.next_retry_at = None
+    return [
+        "last_error_code",
+        "last_error_message",
+        "last_error_fix",
+        "last_error_detail",
+        "consecutive_failures",
+        "next_retry_at",
+    ]
+
+
+@transaction.atomic
+def connect_account(
+    *, user: User, account_settings: AccountSettings, secret: str, display_name: str = ""
+) -> EmailAccount:
+    """Save a mailbox whose connection test passed, and start its sync.
+
+    The same address again for the same user re-activates the existing row (settings and credentials
+    updated, removed_at cleared): its folders and messages stay as they are, nothing is duplicated.
+    """
+    address = account_settings.email_address.strip().lower()
+    account = EmailAccount.objects.select_for_update().filter(user=user, email_address__iexact=address).first()
+    if account is None:
+        account = EmailAccount(user=user, email_address=address)
+    account.provider = account_settings.provider
+    account.username = account_settings.username or address
+    account.auth_kind = account_settings.auth_kind
+    account.imap_host = account_settings.imap_host
+    account.imap_port = account_settings.imap_port
+    account.imap_security = account_settings.imap_security
+    account.smtp_host = account_settings.smtp_host
+    account.smtp_port = account_settings.smtp_port
+    account.smtp_security = account_settings.smtp_security
+    account.attachment_limit_mb = account_settings.attachment_limit_mb
+    if display_name or account_settings.display_name:
+        account.display_name = display_name or account_settings.display_name
+    account.set_secret(secret)
+    account.state = State.CONNECTING
+    account.removed_at = None
+    _clear_error(account)
+    account.save()
+    AccountAddress.objects.get_or_create(account=account, address=address)
+    _enqueue_sync(account.pk)
+    return account
+
+
+def _apply_failure(account: EmailAccount, error: errors.MailError) -> list[str]:
+    now = timezone.now()
+    account.last_error_code = error.code[:40]
+    account.last_error_message = error.message
+    account.last_error_fix = error.fix
+    account.last_error_detail = error.detail
+    account.last_error_at = now
+    account.consecutive_failures += 1
+    account.next_retry_at = None
+    if not error.needs_reauth:
+        # Authentication problems wait for the user (A6); anything else is retried with a backoff.
+        delay = min(60 * 2 ** (account.consecutive_failures - 1), RETRY_BACKOFF_MAX_SECONDS)
+        account.next_retry_at = now + dt.timedelta(seconds=delay)
+    if account.state in {State.PAUSED, State.REMOVED}:
+        pass
+    elif error.needs_reauth:
+        account.state = State.NEEDS_REAUTH
+    elif not error.transient or account.state == State.CONNECTING or account.consecutive_failures >= ERROR_AFTER:
+        # A network blip on a working account is retried quietly; the account shows "error" (and its
+        # banner) only when it keeps failing, or when the user is waiting for a new account to connect.
+        account.state = State.ERROR
+    return [
+        "last_error_code",
+        "last_error_message",
+        "last_error_fix",
+        "last_error_detail",
+        "last_error_at",
+        "consecutive_failures",
+        "next_retry_at",
+        "state",
+        "updated_at",
+    ]
+
+
+@transaction.atomic
+def record_connection_failure(*, account: EmailAccount, error: errors.MailError) -> EmailAccount:
+    """Store a classified error; auth errors -> "needs re-authentication" (A6), others -> "error".
+    A paused or removed account keeps its state."""
+    locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
+    locked.save(update_fields=_apply_failure(locked, error))
+    return locked
+
+
+@transaction.atomic
+def record_connection_success(*, account: EmailAccount, restart_sync: bool = True) -> EmailAccount:
+    """Clear the error; an account in error / needs re-authentication goes back to connecting (and its sync
+    is enqueued). Paused and removed accounts keep their state."""
+    locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
+    fields = [*_clear_error(locked), "updated_at"]
+    if locked.state in {State.ERROR, State.NEEDS_REAUTH}:
+        locked.state = State.CONNECTING
+        fields.append("state")
+        if restart_sync:
+            _enqueue_sync(locked.pk)
+    locked.save(update_fields=fields)
+    return locked
+
+
+def retest_account(*, account: EmailAccount) -> errors.MailError | None:
+    """The "Test connection" button: test with the stored credentials and record the outcome."""
+    try:
+        check_account(account)
+    except errors.MailError as error:
+        record_connection_failure(account=account, error=error)
+        return error
+    record_connection_success(account=account)
+    return None
+
+
+def reauthenticate(*, account: EmailAccount, new_secret: str | None = None) -> errors.MailError | None:
+    """A6: without `new_secret`, retry the stored credentials; with it, test it and store it if it works.
+    Returns the classified error (also recorded on the account) or None. Synced mail is never touched."""
+    try:
+        check_account(account, secret=new_secret)
+    except errors.MailError as error:
+        record_connection_failure(account=account, error=error)
+        return error
+    if new_secret is not None:
+        _store_secret(account=account, secret=new_secret)
+    record_connection_success(account=account)
+    return None
+
+
+@transaction.atomic
+def pause_account(*, account: EmailAccount) -> EmailAccount:
+    """Stop syncing (A7). Synced mail stays."""
+    locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
+    if locked.state != State.REMOVED:
+        locked.state = State.PAUSED
+        locked.next_retry_at = None
+        locked.save(update_fields=["state", "next_retry_at", "updated_at"])
+    return locked
+
+
+@transaction.atomic
+def resume_account(*, account: EmailAccount) -> EmailAccount:
+    locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
+    if locked.state == State.PAUSED:
+        locked.state = State.CONNECTING
+        locked.save(update_fields=["state", "updated_at"])
+        _enqueue_sync(locked.pk)
+    return locked
+
+
+@transaction.atomic
+def remove_account(*, account: EmailAccount) -> EmailAccount:
+    """A7: stop syncing and forget the credentials; keep the account row, its folders and its messages, so
+    adding the mailbox again continues where it was without duplicates."""
+    locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
+    locked.state = State.REMOVED
+    locked.removed_at = timezone.now()
+    locked.secret_encrypted = ""
+    locked.next_retry_at = None
+    locked.save(update_fields=["state", "removed_at", "secret_encrypted", "next_retry_at", "updated_at"])
+    return locked
+
+
+@transaction.atomic
+def reset_folder_sync_state(*, folder: MailFolder) -> MailFolder:
+    """Forget a folder's cursors so the next sync rescans it; messages are matched again by their
+    message key, so nothing is duplicated (O1)."""
+    folder.uidvalidity = None
+    folder.uidnext = None
+    folder.highestmodseq = None
+    folder.initial_synced_at = None
+    folder.last_synced_at = None
+    folder.save(update_fields=["uidvalidity", "uidnext", "highestmodseq", "initial_synced_at", "last_synced_at"])
+    return folder
+
+
+def run_connection_check(*, account_id: int) -> EmailAccount | None:
+    """What the sync task does until the sync engine exists: test the connection and set the state
+    (connecting -> initial sync / syncing, or error / needs re-authentication). No mail is fetched."""
+    account = EmailAccount.objects.filter(pk=account_id).first()
+    if account is None or account.state in {State.PAUSED, State.REMOVED}:
+        return account
+    try:
+        check_account(account)
+    except errors.MailError as error:
+        return record_connection_failure(account=account, error=error)
+    return _mark_connected(account_id=account_id)
+
+
+@transaction.atomic
+def _mark_connected(*, account_id: int) -> EmailAccount:
+    locked = EmailAccount.objects.select_for_update().get(pk=account_id)
+    fields = [*_clear_error(locked), "last_sync_at", "updated_at"]
+    locked.last_sync_at = timezone.now()
+    if locked.state in {State.CONNECTING, State.ERROR, State.NEEDS_REAUTH}:
+        locked.state = State.INITIAL_SYNC if locked.initial_sync_done_at is None else State.SYNCING
+        fields.append("state")
+    locked.save(update_fields=fields)
+    return locked
+
+
+def reencrypt_all_secrets() -> int:
+    """After putting a new key first in MAILSYNC_ENCRYPTION_KEYS: re-encrypt every stored secret with it."""
+    count = 0
+    for account_id in EmailAccount.objects.exclude(secret_encrypted="").values_list("pk", flat=True):
+        with transaction.atomic():
+            account = EmailAccount.objects.select_for_update().get(pk=account_id)
+            try:
+                account.secret_encrypted = crypto.rotate(account.secret_encrypted)
+            except crypto.CredentialsUnreadable:
+                logger.warning("mail account %s: stored credentials cannot be decrypted with any key", account_id)
+                continue
+            account.save(update_fields=["secret_encrypted"])
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------------------
+# From the "Add account" form to connection settings
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Settings to test, or what the user still has to tell us."""
+
+    account_settings: AccountSettings | None
+    preset: providers.ProviderPreset | None
+    problem: str = ""  # shown on the form when account_settings is None
+    prefill: dict | None = None  # server fields to fill in for the user to confirm
+    oauth_only: bool = False  # the provider accepts only OAuth2 sign-in
+
+
+DEFAULT_PORTS = {
+    ("imap", "ssl"): 993,
+    ("imap", "starttls"): 143,
+    ("imap", "none"): 143,
+    ("smtp", "ssl"): 465,
+    ("smtp", "starttls"): 587,
+    ("smtp", "none"): 587,
+}
+
+
+def resolve_account_settings(data: dict, *, mx_lookup: providers.MxLookup | None = None) -> Resolution:
+    """Turn the cleaned "Add account" form into settings: typed servers win; else the chosen or detected
+    preset; else ask for the servers."""
+    address = data["email_address"]
+    domain = address.rpartition("@")[2]
+    key = data.get("provider") or ""
+    username = (data.get("username") or "").strip()
+    if key:
+        preset = providers.get_preset(key)
+    elif data.get("imap_host"):
+        preset = providers.CUSTOM
+    else:
+        preset = providers.detect_provider(address, mx_lookup=mx_lookup).preset
+    if data.get("imap_host"):
+        if not data.get("smtp_host"):
+            return Resolution(None, preset, problem="Enter the SMTP (outgoing) server too: it is used to send mail.")
+        imap_security = data.get("imap_security") or "ssl"
+        smtp_security = data.get("smtp_security") or "ssl"
+        auth_kind = AuthKind.PASSWORD
+        if preset is not None and preset.auth_kind != providers.PASSWORD:
+            auth_kind = AuthKind.APP_PASSWORD
+        return Resolution(
+            AccountSettings(
+                email_address=address,
+                provider=preset.key if preset is not None else "custom",
+                username=username or address,
+                auth_kind=auth_kind,
+                imap_host=data["imap_host"],
+                imap_port=data.get("imap_port") or DEFAULT_PORTS[("imap", imap_security)],
+                imap_security=imap_security,
+                smtp_host=data["smtp_host"],
+                smtp_port=data.get("smtp_port") or DEFAULT_PORTS[("smtp", smtp_security)],
+                smtp_security=smtp_security,
+                attachment_limit_mb=preset.attachment_limit_mb if preset is not None else 25,
+            ),
+            preset,
+        )
+    if preset is None:
+        return Resolution(
+            None,
+            None,
+            problem=f"We do not know the mail servers of {domain}. Enter them below: your provider's help "
+            "pages list them (look for “IMAP settings”).",
+        )
+    if preset.needs_servers:
+        filled = preset.for_domain(domain)
+        if not filled.imap_host:
+            return Resolution(None, preset, problem="Enter your IMAP and SMTP servers below.")
+        prefill = {
+            "imap_host": filled.imap_host,
+            "imap_port": filled.imap_port,
+            "imap_security": filled.imap_security,
+            "smtp_host": filled.smtp_host,
+            "smtp_port": filled.smtp_port,
+            "smtp_security": filled.smtp_security,
+        }
+        return Resolution(
+            None,
+            preset,
+            problem=f"For {preset.name} the server names below are our best guess: check them and submit again.",
+            prefill=prefill,
+        )
+    if not preset.password_allowed:
+        oauth_provider = oauth.PROVIDERS.get(preset.oauth_provider)
+        who = oauth_provider.name if oauth_provider else "your provider"
+        return Resolution(
+            None, preset, problem=f"{preset.name} accepts only “Connect with {who}”, not a password.", oauth_only=True
+        )
+    return Resolution(settings_from_preset(preset, email_address=address, username=username), preset)
+
+
+@transaction.atomic
+def connect_oauth_account(*, user: User, tokens: oauth.OAuthTokens, email_address: str) -> EmailAccount:
+    """Save a mailbox connected with OAuth2; its connection is tested by the sync task right after."""
+    address = email_address.strip().lower()
+    if tokens.provider == "google":
+        key = "gmail" if address.endswith(("@gmail.com", "@googlemail.com")) else "google_workspace"
+    else:
+        preset_by_domain = providers.detect_provider(address, mx_lookup=lambda _domain: []).preset
+        key = "outlook" if preset_by_domain is not None and preset_by_domain.key == "outlook" else "office365"
+    account_settings = settings_from_preset(
+        providers.PRESETS_BY_KEY[key], email_address=address, auth_kind=AuthKind.OAUTH2
+    )
+    return connect_account(user=user, account_settings=account_settings, secret=tokens.to_secret())

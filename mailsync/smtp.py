@@ -1,0 +1,140 @@
+"""SMTP connections for mail accounts: open + secure + log in, with classified errors (errors.py).
+
+`connect(config)` returns a logged-in `smtplib.SMTP` (use it as a context manager); `verify_login(config)`
+only proves that sending would work. Sending itself (MIME, Sent folder, tracking) lives in sending.py.
+The TLS policy is the one of imap.py: system CAs + hostname check, plus an admin-trusted CA if set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import smtplib
+from dataclasses import dataclass, field
+
+from . import errors, oauth
+from .imap import AUTH_OAUTH2, SECURITY_NONE, SECURITY_SSL, SECURITY_STARTTLS, classify_network_error, tls_context
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    security: str = SECURITY_SSL  # "ssl" (implicit TLS, usually 465), "starttls" (587) or "none"
+    username: str = ""
+    secret: str = field(default="", repr=False)  # password / app password, or the OAuth2 access token
+    auth_kind: str = "password"
+    trusted_ca_pem: str = field(default="", repr=False)
+    timeout: float = 15.0
+
+
+_APP_PASSWORD_HINTS = re.compile(
+    r"application.specific.password|\bapp.?password|5\.7\.9|web.?login.required|log.?in via (your )?web.?browser",
+    re.IGNORECASE,
+)
+_SMTP_AUTH_DISABLED_HINTS = re.compile(r"SmtpClientAuthentication is disabled|5\.7\.139|basic auth", re.IGNORECASE)
+
+
+def _server_text(code: int | None, message: bytes | str, config: SmtpConfig) -> str:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    prefix = f"{code} " if code else ""
+    return errors.scrub(prefix + " ".join(text.split()), config.secret)
+
+
+def _classify(exc: BaseException, config: SmtpConfig) -> errors.MailError:
+    if isinstance(exc, errors.MailError):
+        return exc
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        text = _server_text(exc.smtp_code, exc.smtp_error, config)
+        if _APP_PASSWORD_HINTS.search(text):
+            return errors.AppPasswordRequired(detail=text, protocol="smtp")
+        if config.auth_kind == AUTH_OAUTH2:
+            return errors.OAuthFailed(detail=text, protocol="smtp")
+        if _SMTP_AUTH_DISABLED_HINTS.search(text):
+            return errors.SmtpAuthRefused(
+                "The outgoing (SMTP) server does not allow this login method for your mailbox.",
+                fix="Ask your administrator to allow authenticated SMTP for the mailbox, or connect with "
+                "your provider's sign-in (OAuth2) if it is offered.",
+                detail=text,
+                protocol="smtp",
+            )
+        return errors.SmtpAuthRefused(detail=text, protocol="smtp")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return errors.SmtpAuthUnavailable(detail=_server_text(None, str(exc), config), protocol="smtp")
+    if isinstance(exc, (smtplib.SMTPSenderRefused, smtplib.SMTPDataError)):
+        return errors.SmtpRefused(detail=_server_text(exc.smtp_code, exc.smtp_error, config), protocol="smtp")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = ", ".join(f"{addr}: {code}" for addr, (code, _msg) in exc.recipients.items())
+        return errors.SmtpRefused(
+            "The outgoing (SMTP) server refused the recipients.", detail=refused[:500], protocol="smtp"
+        )
+    if isinstance(exc, smtplib.SMTPConnectError):
+        return errors.ServerError(
+            "The server on this port did not greet as an SMTP server.",
+            fix="Check the SMTP server name and port (465 for SSL/TLS, 587 for STARTTLS).",
+            detail=_server_text(exc.smtp_code, exc.smtp_error, config),
+            protocol="smtp",
+        )
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        if "timed out" in str(exc):  # smtplib turns a read timeout into a disconnect
+            return errors.ConnectionTimeout(detail=f"{config.host}:{config.port}", protocol="smtp")
+        return errors.ConnectionLost(
+            "The outgoing (SMTP) server closed the connection.",
+            fix="Check the port and the security setting (465 is SSL/TLS, 587 is STARTTLS).",
+            detail=_server_text(None, str(exc), config),
+            protocol="smtp",
+        )
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return errors.ServerError(detail=_server_text(exc.smtp_code, exc.smtp_error, config), protocol="smtp")
+    if isinstance(exc, smtplib.SMTPException):
+        text = _server_text(None, str(exc), config)
+        if "authentication method" in text.lower():
+            return errors.SmtpAuthUnavailable(detail=text, protocol="smtp")
+        return errors.ServerError(detail=text, protocol="smtp")
+    if isinstance(exc, (OSError, EOFError)):
+        mapped = classify_network_error(exc, protocol="smtp", host=config.host, port=config.port)
+        if mapped is not None:
+            return mapped
+    return errors.ServerError(detail=type(exc).__name__, protocol="smtp")
+
+
+def connect(config: SmtpConfig) -> smtplib.SMTP:
+    """A secured, logged-in SMTP connection. Raises classified errors only."""
+    context = tls_context(config.trusted_ca_pem) if config.security != SECURITY_NONE else None
+    client: smtplib.SMTP | None = None
+    try:
+        if config.security == SECURITY_SSL:
+            client = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=context)
+        else:
+            client = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+        client.ehlo()
+        if config.security == SECURITY_STARTTLS:
+            if not client.has_extn("starttls"):
+                raise errors.StartTlsUnavailable(detail=f"{config.host}:{config.port}", protocol="smtp")
+            client.starttls(context=context)
+            client.ehlo()
+        if not client.has_extn("auth"):
+            raise errors.SmtpAuthUnavailable(detail=f"{config.host}:{config.port}", protocol="smtp")
+        if config.auth_kind == AUTH_OAUTH2:
+            sasl = oauth.xoauth2_string(config.username, config.secret)
+            # First call: the initial response; a second call answers the server's error challenge.
+            client.auth("XOAUTH2", lambda challenge=None: "" if challenge else sasl, initial_response_ok=True)
+        else:
+            client.login(config.username, config.secret)
+        return client
+    except BaseException as exc:
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection; the original error matters
+                client.close()
+        if isinstance(exc, Exception):
+            raise _classify(exc, config) from None
+        raise
+
+
+def verify_login(config: SmtpConfig) -> None:
+    """Connect, secure and log in, then quit. Raises classified errors."""
+    client = connect(config)
+    try:
+        client.quit()
+    except (smtplib.SMTPException, OSError):
+        client.close()

@@ -1,0 +1,423 @@
+"""mailsync/imap.py against a real Dovecot (tests/mailservers.py): TLS, login, classified errors, primitives."""
+
+import datetime as dt
+import logging
+import threading
+import time
+
+import pytest
+
+from mailsync import errors
+from mailsync.imap import Folder, ImapConfig, assign_roles, connect, parse_uid_set
+from tests.mailservers import LineServer, make_message
+
+pytestmark = pytest.mark.dovecot
+
+
+def config_for(dovecot, user, **overrides) -> ImapConfig:
+    values = {
+        "host": dovecot.host,
+        "port": dovecot.imaps_port,
+        "security": "ssl",
+        "username": user.username,
+        "secret": user.password,
+        "trusted_ca_pem": dovecot.ca_pem,
+        "timeout": 5,
+    }
+    values.update(overrides)
+    return ImapConfig(**values)
+
+
+# -- connecting and logging in
+
+
+@pytest.mark.parametrize(
+    ("security", "port_attr"),
+    [("ssl", "imaps_port"), ("starttls", "imap_port"), ("none", "imap_port")],
+)
+def test_login_works_over_implicit_tls_starttls_and_plain(dovecot, mail_user, security, port_attr):
+    config = config_for(dovecot, mail_user, security=security, port=getattr(dovecot, port_attr))
+    with connect(config) as session:
+        assert {"IDLE", "MOVE", "SPECIAL-USE", "CONDSTORE", "QRESYNC"} <= session.capabilities
+        assert session.qresync_enabled and session.condstore_enabled
+        assert [f.name for f in session.list_folders() if f.role == "inbox"] == ["INBOX"]
+
+
+def test_local_part_login_and_xoauth2_token_login(dovecot, mail_user):
+    with connect(config_for(dovecot, mail_user, username=mail_user.name)) as session:
+        session.noop()
+    oauth = config_for(dovecot, mail_user, auth_kind="oauth2", secret=mail_user.access_token)
+    with connect(oauth) as session:
+        assert session.select("INBOX").exists == 0
+
+
+def test_revoked_oauth_token_is_classified_as_oauth_failure(dovecot, mail_user):
+    config = config_for(dovecot, mail_user, auth_kind="oauth2", secret="revoked-token-xyz")
+    with pytest.raises(errors.OAuthFailed) as caught:
+        connect(config)
+    assert caught.value.code == "oauth_failed"
+    assert caught.value.needs_reauth
+    assert "revoked-token-xyz" not in str(caught.value) + caught.value.detail
+
+
+@pytest.mark.parametrize(("security", "port_attr"), [("ssl", "imaps_port"), ("starttls", "imap_port")])
+def test_certificate_from_an_unknown_ca_is_refused_by_default(dovecot, mail_user, security, port_attr):
+    config = config_for(dovecot, mail_user, security=security, port=getattr(dovecot, port_attr), trusted_ca_pem="")
+    with pytest.raises(errors.TlsCertificateError) as caught:
+        connect(config)
+    error = caught.value
+    assert error.code == "tls_untrusted"
+    assert "administrator can trust" in error.fix
+    assert not error.needs_reauth
+
+
+def test_self_signed_certificate_is_refused_even_with_a_trusted_ca(dovecot, mail_user):
+    config = config_for(dovecot, mail_user, host=dovecot.selfsigned_host)
+    with pytest.raises(errors.TlsCertificateError) as caught:
+        connect(config)
+    assert caught.value.code == "tls_self_signed"
+    assert "self-signed" in caught.value.message
+
+
+def test_expired_certificate_is_refused(dovecot, mail_user):
+    with pytest.raises(errors.TlsCertificateError) as caught:
+        connect(config_for(dovecot, mail_user, host=dovecot.expired_host))
+    assert caught.value.code == "tls_expired"
+
+
+def test_certificate_for_another_name_is_a_hostname_mismatch(dovecot, mail_user):
+    with pytest.raises(errors.TlsCertificateError) as caught:
+        connect(config_for(dovecot, mail_user, host=dovecot.mismatch_host))
+    assert caught.value.code == "tls_hostname_mismatch"
+    assert "different name" in caught.value.message
+
+
+def test_invalid_trusted_ca_pem_is_a_clear_tls_error(dovecot, mail_user):
+    with pytest.raises(errors.TlsError) as caught:
+        connect(config_for(dovecot, mail_user, trusted_ca_pem="-----BEGIN CERTIFICATE-----\nnope\n"))
+    assert "not a valid PEM" in caught.value.message
+
+
+def test_wrong_password_is_auth_failed_with_a_fix_and_no_secret(dovecot, mail_user, caplog):
+    caplog.set_level(logging.DEBUG)
+    wrong = "Wrong-Secret-4711"
+    with pytest.raises(errors.AuthFailed) as caught:
+        connect(config_for(dovecot, mail_user, secret=wrong))
+    error = caught.value
+    assert type(error) is errors.AuthFailed
+    assert error.code == "auth_failed" and error.needs_reauth
+    assert "app password" in error.fix
+    assert wrong not in str(error) + error.detail + error.message + error.fix
+    assert wrong not in caplog.text
+    assert mail_user.password not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("server_says", "expected"),
+    [
+        (
+            "[ALERT] Application-specific password required: https://support.google.com/accounts/answer/185833",
+            errors.AppPasswordRequired,
+        ),
+        (
+            "[ALERT] Please log in via your web browser: https://support.google.com/mail/accounts",
+            errors.AppPasswordRequired,
+        ),
+        (
+            "[ALERT] Your account is not enabled for IMAP use. Please visit your Gmail settings page.",
+            errors.ImapDisabled,
+        ),
+    ],
+)
+def test_provider_refusals_are_classified(dovecot, server_says, expected):
+    user = dovecot.add_user(refuse_login=server_says)  # a correct password, answered NO with that text
+    with pytest.raises(expected) as caught:
+        connect(config_for(dovecot, user))
+    assert type(caught.value) is expected
+    assert server_says.split(":")[0] in caught.value.detail  # the server's words are kept for support
+    assert caught.value.fix
+
+
+def test_successful_login_logs_no_password(dovecot, mail_user, caplog):
+    caplog.set_level(logging.DEBUG)
+    with connect(config_for(dovecot, mail_user, security="none", port=dovecot.imap_port)) as session:
+        session.select("INBOX")
+    assert "LOGIN" in caplog.text  # imapclient did log the command, redacted
+    assert mail_user.password not in caplog.text
+
+
+def test_closed_port_is_unreachable_wrong_port(closed_port):
+    config = ImapConfig(host="127.0.0.1", port=closed_port, username="x", secret="y", timeout=5)
+    started = time.monotonic()
+    with pytest.raises(errors.Unreachable) as caught:
+        connect(config)
+    assert time.monotonic() - started < 2
+    assert "wrong port" in caught.value.message
+    assert caught.value.transient
+
+
+def test_unknown_host_name_is_unreachable():
+    with pytest.raises(errors.Unreachable) as caught:
+        connect(ImapConfig(host="imap.does-not-exist.invalid", port=993, username="x", secret="y", timeout=5))
+    assert "could not be found" in caught.value.message
+
+
+def test_pop3_greeting_says_pop3_is_not_supported(pop3_server):
+    config = ImapConfig(host=pop3_server.host, port=pop3_server.port, security="none", username="x", secret="y")
+    with pytest.raises(errors.Pop3Only) as caught:
+        connect(config)
+    assert caught.value.code == "pop3_only"
+    assert isinstance(caught.value, errors.ImapDisabled)
+    assert "POP3 is not supported" in caught.value.message
+
+
+def test_silent_server_times_out_quickly(silent_server):
+    config = ImapConfig(host=silent_server.host, port=silent_server.port, username="x", secret="y", timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(errors.ConnectionTimeout) as caught:
+        connect(config)
+    assert time.monotonic() - started < 3
+    assert caught.value.code == "timeout"
+
+
+def test_starttls_required_but_not_offered():
+    server = LineServer(b"* OK no STARTTLS here\r\n", imap_capabilities="IMAP4rev1 AUTH=PLAIN")
+    try:
+        config = ImapConfig(host=server.host, port=server.port, security="starttls", username="x", secret="y")
+        with pytest.raises(errors.StartTlsUnavailable) as caught:
+            connect(config)
+    finally:
+        server.close()
+    assert "would not be encrypted" in caught.value.message
+
+
+def test_tls_against_a_plain_port_says_so(dovecot, mail_user):
+    config = config_for(dovecot, mail_user, security="ssl", port=dovecot.imap_port)
+    with pytest.raises(errors.TlsError) as caught:
+        connect(config)
+    assert "does not speak TLS" in caught.value.message
+
+
+# -- folders
+
+
+def test_list_folders_roles_names_and_noselect(dovecot, mail_user):
+    dovecot.create_folder(mail_user, "Projekte/Überweisungen & Ärger")
+    dovecot.create_folder(mail_user, "Clients")
+    with connect(config_for(dovecot, mail_user)) as session:
+        folders = {f.name: f for f in session.list_folders()}
+    roles = {f.role: name for name, f in folders.items() if f.role}
+    assert roles == {
+        "inbox": "INBOX",
+        "sent": "Sent",
+        "trash": "Trash",
+        "drafts": "Drafts",
+        "archive": "Archive",
+        "junk": "Junk",
+    }
+    assert "Projekte/Überweisungen & Ärger" in folders  # decoded from modified UTF-7
+    assert folders["Projekte/Überweisungen & Ärger"].delimiter == "/"
+    assert folders["Clients"].role == "" and not folders["Clients"].noselect
+
+
+def test_roles_fall_back_to_localized_names_without_special_use():
+    def folder(name, flags=(), delimiter="/"):
+        return Folder(name=name, delimiter=delimiter, role="", flags=flags, noselect=False)
+
+    folders = assign_roles(
+        [
+            folder("INBOX"),
+            folder("Gesendet"),
+            folder("Papierkorb"),
+            folder("Entwürfe"),
+            folder("Spam"),
+            folder("Kunden"),
+        ]
+    )
+    assert [f.role for f in folders] == ["inbox", "sent", "trash", "drafts", "junk", ""]
+    outlook = assign_roles([folder("Sent Items"), folder("Deleted Items"), folder("Junk Email")])
+    assert [f.role for f in outlook] == ["sent", "trash", "junk"]
+    gmail = assign_roles([folder("[Gmail]/Sent Mail"), folder("[Gmail]/All Mail"), folder("[Gmail]/Trash")])
+    assert [f.role for f in gmail] == ["sent", "all", "trash"]
+    courier = assign_roles([folder("INBOX.Sent Messages", delimiter="."), folder("INBOX.Wysłane", delimiter=".")])
+    assert [f.role for f in courier] == ["sent", ""]  # one folder per role
+    others = assign_roles([folder("Envoyés"), folder("Posta inviata", flags=("\\Sent",))])
+    assert [f.role for f in others] == ["", "sent"]  # a SPECIAL-USE flag wins over a name
+
+
+def test_folder_status_matches_the_server(dovecot, mail_user):
+    for subject in ("a", "b", "c"):
+        dovecot.append(mail_user, make_message(subject))
+    expected = dovecot.folder_status(mail_user)
+    with connect(config_for(dovecot, mail_user)) as session:
+        status = session.folder_status("INBOX")
+    assert (status.messages, status.uidnext, status.uidvalidity, status.highestmodseq) == (
+        3,
+        expected["uidnext"],
+        expected["uidvalidity"],
+        expected["highestmodseq"],
+    )
+
+
+def test_select_detects_a_changed_uidvalidity(dovecot, mail_user):
+    dovecot.append(mail_user, make_message("before"))
+    with connect(config_for(dovecot, mail_user)) as session:
+        first = session.select("INBOX", readonly=True)
+    new_uidvalidity = dovecot.reset_uidvalidity(mail_user)
+    with connect(config_for(dovecot, mail_user)) as session:
+        with pytest.raises(errors.UidValidityChanged) as caught:
+            session.select("INBOX", readonly=True, expected_uidvalidity=first.uidvalidity)
+        assert (caught.value.old, caught.value.new) == (first.uidvalidity, new_uidvalidity)
+        assert session.selected.uidvalidity == new_uidvalidity  # still selected, ready to re-match
+        assert session.search_all_uids() == [1]
+
+
+def test_select_missing_folder_is_folder_not_found(dovecot, mail_user):
+    with connect(config_for(dovecot, mail_user)) as session:
+        with pytest.raises(errors.FolderNotFound):
+            session.select("No such folder")
+        session.noop()  # the connection is still usable
+
+
+# -- searching and fetching
+
+
+def test_search_since_uses_the_arrival_date(dovecot, mail_user):
+    old = dt.datetime(2020, 3, 1, 12, 0, tzinfo=dt.UTC)
+    recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    uids = dovecot.deliver_many(
+        mail_user, [(make_message("old"), (), old), (make_message("new"), (), recent), (make_message("x"), (), old)]
+    )
+    with connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX", readonly=True)
+        assert session.search_all_uids() == uids
+        assert session.search_uids_since(dt.date.today() - dt.timedelta(days=3)) == [uids[1]]
+        assert session.search_uids_since(dt.date(2020, 1, 1)) == uids
+
+
+def test_fetch_messages_returns_exact_bytes_in_batches_without_marking_seen(dovecot, mail_user):
+    date = dt.datetime(2023, 5, 4, 10, 30, tzinfo=dt.UTC)
+    raws = [make_message(f"message {i}", body=f"Body {i}\r\n") for i in range(7)]
+    uids = dovecot.deliver_many(
+        mail_user, [(raw, ("\\Flagged",) if i == 2 else (), date) for i, raw in enumerate(raws)]
+    )
+    with connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX")
+        fetched = list(session.fetch_messages(reversed(uids), batch_size=3))
+        headers = list(session.fetch_headers(uids[:2]))
+    # sorted within each batch of 3; the batches follow the given (here: newest first) order
+    assert [m.uid for m in fetched] == sorted(uids[4:]) + sorted(uids[1:4]) + uids[:1]
+    by_uid = {m.uid: m for m in fetched}
+    for uid, raw in zip(uids, raws, strict=True):
+        assert by_uid[uid].raw == raw
+        assert by_uid[uid].size == len(raw)
+        assert by_uid[uid].internaldate == date
+    assert by_uid[uids[2]].flags == ("\\Flagged",)
+    assert headers[0].raw.startswith(b"From: ") and b"Body 0" not in headers[0].raw
+    assert all("\\Seen" not in dovecot.flags(mail_user, uid) for uid in uids)
+
+
+def test_fetch_flags_sends_huge_uid_lists_in_chunks(dovecot, mail_user):
+    uids = dovecot.deliver_many(mail_user, [(make_message(str(i)), ("\\Seen",), None) for i in range(3)])
+    with connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX", readonly=True)
+        flags = session.fetch_flags(range(1, 12_001))  # 3 commands of <= 5000 UIDs
+    assert flags == dict.fromkeys(uids, ("\\Seen",))
+
+
+def test_flags_are_changed_on_the_server(dovecot, mail_user):
+    uid = dovecot.append(mail_user, make_message("flag me"))
+    with connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX")
+        session.add_flags([uid], ["\\Seen", "\\Flagged"])
+        assert dovecot.flags(mail_user, uid) == {"\\Seen", "\\Flagged"}
+        session.remove_flags([uid], ["\\Flagged"])
+        assert dovecot.flags(mail_user, uid) == {"\\Seen"}
+        session.set_flags([uid], ["\\Answered", "$Label1"])
+        assert session.fetch_flags([uid]) == {uid: ("$Label1", "\\Answered")}
+    assert dovecot.flags(mail_user, uid) == {"\\Answered", "$Label1"}
+
+
+def test_changed_flags_and_vanished_uids_since_a_modseq(dovecot, mail_user):
+    uids = [dovecot.append(mail_user, make_message(s)) for s in ("a", "b", "c", "d")]
+    with connect(config_for(dovecot, mail_user)) as session:
+        cursor = session.select("INBOX", readonly=True).highestmodseq
+        assert session.fetch_changed_flags(cursor).changed == {}
+    dovecot.add_flags(mail_user, [uids[1]], ("\\Seen",))
+    dovecot.expunge(mail_user, [uids[3]])
+    with connect(config_for(dovecot, mail_user)) as session:
+        selected = session.select("INBOX", readonly=True)
+        changes = session.fetch_changed_flags(cursor)
+    assert changes.changed == {uids[1]: ("\\Seen",)}
+    assert changes.vanished == [uids[3]]
+    assert cursor < changes.highestmodseq <= selected.highestmodseq
+
+
+def test_changed_flags_without_qresync_has_no_vanished(dovecot, mail_user):
+    uids = [dovecot.append(mail_user, make_message(s)) for s in ("a", "b")]
+    config = config_for(dovecot, mail_user, enable_qresync=False)
+    with connect(config) as session:
+        assert session.condstore_enabled and not session.qresync_enabled
+        cursor = session.select("INBOX").highestmodseq
+        session.add_flags([uids[0]], ["\\Flagged"])
+        changes = session.fetch_changed_flags(cursor)
+    assert changes.changed == {uids[0]: ("\\Flagged",)}
+    assert changes.vanished == []
+
+
+def test_idle_wait_reports_new_mail_and_times_out_otherwise(dovecot, mail_user):
+    with connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX", readonly=True)
+        started = time.monotonic()
+        assert session.idle_wait(0.3) is False
+        assert 0.25 < time.monotonic() - started < 2
+        timer = threading.Timer(0.2, dovecot.append, args=(mail_user, make_message("new mail")))
+        timer.start()
+        try:
+            assert session.idle_wait(5) is True
+        finally:
+            timer.join()
+        assert len(session.search_all_uids()) == 1  # the connection is usable after IDLE
+
+
+# -- moving, deleting, appending
+
+
+def test_move_delete_and_append(dovecot, mail_user):
+    uids = [dovecot.append(mail_user, make_message(s)) for s in ("keep", "move", "delete")]
+    with connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX")
+        mapping = session.move([uids[1]], "Archive")
+        session.delete([uids[2]])
+        appended = session.append("Sent", make_message("sent by me"), flags=["\\Seen"], internaldate=None)
+        copied = session.copy([uids[0]], "Archive")
+    assert dovecot.uids(mail_user) == [uids[0]]
+    archive = dovecot.uids(mail_user, "Archive")
+    assert len(archive) == 2
+    assert mapping == {uids[1]: archive[0]} and copied == {uids[0]: archive[1]}
+    assert appended == dovecot.uids(mail_user, "Sent")[0]
+    assert dovecot.flags(mail_user, appended, "Sent") == {"\\Seen"}
+
+
+def test_delete_expunges_only_the_given_uids(dovecot, mail_user):
+    uids = [dovecot.append(mail_user, make_message(s)) for s in ("a", "b")]
+    dovecot.add_flags(mail_user, [uids[0]], ("\\Deleted",))  # marked by another client, not ours to expunge
+    with connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX")
+        session.delete([uids[1]])
+    assert dovecot.uids(mail_user) == [uids[0]]
+
+
+def test_parse_uid_set():
+    assert parse_uid_set("1:3,7,10:9") == [1, 2, 3, 7, 9, 10]
+    assert parse_uid_set("") == []
+
+
+@pytest.mark.dovecot
+def test_search_uids_from_returns_only_new_uids(dovecot, mail_user):
+    uids = [dovecot.append(mail_user, make_message(f"n{i}")) for i in range(3)]
+    with connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX", readonly=True)
+        assert session.search_uids_from(uids[1]) == uids[1:]
+        # Above the highest UID: "n:*" still matches the last message; it must not be reported.
+        assert session.search_uids_from(uids[-1] + 1) == []

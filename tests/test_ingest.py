@@ -1,0 +1,423 @@
+"""mailsync.ingest: batches of raw messages -> stored mail, exactly once, crash-safe, in few queries."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from mailsync import ingest
+from mailsync.ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, ingest_raw, own_addresses_for
+from mailsync.models import (
+    AccountAddress,
+    Attachment,
+    EmailAccount,
+    EmailMessage,
+    EmailThread,
+    MailFolder,
+    MessageLocation,
+    MessageParticipant,
+)
+from mailsync.parsing import parse_message
+
+BASE_DATE = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
+
+
+def build_message(
+    number: int = 1,
+    *,
+    subject: str = "Offer",
+    sender: str = "Bob Buyer <bob@customer.example>",
+    to: str = "Alice <alice@company.test>",
+    cc: str = "",
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+    date: datetime | None = None,
+    body: str = "Hello Alice,\r\nhere is the offer.",
+    attachment: tuple[str, bytes] | None = None,
+    inline_image: bytes | None = None,
+) -> bytes:
+    """A realistic message; `number` makes the Message-ID and date unique."""
+    message_id = message_id if message_id is not None else f"<msg-{number}@customer.example>"
+    headers = [
+        f"From: {sender}",
+        f"To: {to}",
+        f"Subject: {subject}",
+        f"Date: {format_datetime(date or BASE_DATE + timedelta(minutes=number))}",
+        "MIME-Version: 1.0",
+    ]
+    if message_id:
+        headers.append(f"Message-ID: {message_id}")
+    if cc:
+        headers.append(f"Cc: {cc}")
+    if in_reply_to:
+        headers.append(f"In-Reply-To: {in_reply_to}")
+    if references:
+        headers.append(f"References: {references}")
+    text_part = f"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n"
+    if not attachment and inline_image is None:
+        return ("\r\n".join(headers) + "\r\n" + text_part).encode()
+    import base64
+
+    parts = [text_part]
+    if inline_image is not None:
+        html = '<p>Logo: <img src="cid:logo@mail"></p>'
+        parts.append(f"Content-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n")
+        parts.append(
+            "Content-Type: image/png\r\nContent-ID: <logo@mail>\r\nContent-Transfer-Encoding: base64\r\n"
+            f'Content-Disposition: inline; filename="logo.png"\r\n\r\n{base64.b64encode(inline_image).decode()}\r\n'
+        )
+    if attachment:
+        name, data = attachment
+        parts.append(
+            f'Content-Type: application/octet-stream; name="{name}"\r\nContent-Transfer-Encoding: base64\r\n'
+            f'Content-Disposition: attachment; filename="{name}"\r\n\r\n{base64.b64encode(data).decode()}\r\n'
+        )
+    boundary = f"b-{number}"
+    body_text = "".join(f"--{boundary}\r\n{part}" for part in parts) + f"--{boundary}--\r\n"
+    headers.append(f'Content-Type: multipart/mixed; boundary="{boundary}"')
+    return ("\r\n".join(headers) + "\r\n\r\n" + body_text).encode()
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def account(alice):
+    return EmailAccount.objects.create(
+        user=alice, email_address="alice@company.test", imap_host="localhost", username="alice@company.test"
+    )
+
+
+@pytest.fixture
+def inbox(account):
+    return MailFolder.objects.create(account=account, name="INBOX", role=MailFolder.Role.INBOX, uidvalidity=7)
+
+
+@pytest.fixture
+def archive(account):
+    return MailFolder.objects.create(account=account, name="Archive", role=MailFolder.Role.ARCHIVE, uidvalidity=9)
+
+
+def fetched(raws, *, flags=(), start_uid=1):
+    return [(start_uid + offset, flags, datetime(2025, 3, 5, 8, 0, tzinfo=UTC), raw) for offset, raw in enumerate(raws)]
+
+
+def stored_files(media_root) -> list[str]:
+    return sorted(str(path.relative_to(media_root)) for path in media_root.rglob("*") if path.is_file())
+
+
+def counts():
+    return (
+        EmailMessage.objects.count(),
+        MessageParticipant.objects.count(),
+        Attachment.objects.count(),
+        MessageLocation.objects.count(),
+        EmailThread.objects.count(),
+    )
+
+
+def test_batch_is_stored_with_participants_locations_and_flags(account, inbox):
+    raws = [build_message(1, cc="Carol <Carol@Customer.example>"), build_message(2, subject="Other")]
+    result = ingest_batch(account, inbox, fetched(raws, flags=(b"\\Seen", b"\\Flagged")), uidvalidity=7)
+
+    assert (result.created, result.existing, result.failed, result.locations_added) == (2, 0, 0, 2)
+    first = EmailMessage.objects.get(message_id="msg-1@customer.example")
+    assert first.account == account
+    assert first.from_address == "bob@customer.example" and first.from_name == "Bob Buyer"
+    assert first.direction == EmailMessage.Direction.RECEIVED
+    assert first.is_read and first.is_flagged and not first.is_draft
+    assert first.date == BASE_DATE + timedelta(minutes=1)
+    assert first.internal_date == datetime(2025, 3, 5, 8, 0, tzinfo=UTC)
+    assert first.snippet == "Hello Alice, here is the offer."
+    assert sorted(first.participants.values_list("role", "address")) == [
+        ("cc", "carol@customer.example"),
+        ("from", "bob@customer.example"),
+        ("to", "alice@company.test"),
+    ]
+    location = first.locations.get()
+    assert (location.folder, location.uidvalidity, location.uid) == (inbox, 7, 1)
+    assert location.flags == "\\Flagged \\Seen"
+    assert result.message_ids == [first.pk, EmailMessage.objects.get(subject="Other").pk]
+    assert result.thread_ids == {first.thread_id, EmailMessage.objects.get(subject="Other").thread_id}
+
+
+def test_ingesting_twice_changes_nothing(account, inbox, media_root):
+    raws = [build_message(n, attachment=("a.pdf", b"%PDF" + bytes(n))) for n in range(1, 6)]
+    first = ingest_batch(account, inbox, fetched(raws), uidvalidity=7)
+    before = counts()
+    files = stored_files(media_root)
+
+    second = ingest_batch(account, inbox, fetched(raws), uidvalidity=7)
+
+    assert (first.created, first.existing) == (5, 0)
+    assert (second.created, second.existing, second.locations_added) == (0, 5, 0)
+    assert second.message_ids == first.message_ids
+    assert counts() == before == (5, 10, 5, 5, 5)
+    assert stored_files(media_root) == files
+    assert len(files) == 5
+
+
+def test_same_message_in_two_folders_is_one_message_with_two_locations(account, inbox, archive):
+    raw = build_message(1)
+    ingest_batch(account, inbox, fetched([raw], start_uid=10), uidvalidity=7)
+    result = ingest_batch(account, archive, fetched([raw], start_uid=3), uidvalidity=9)
+
+    assert (result.created, result.existing, result.locations_added) == (0, 1, 1)
+    message = EmailMessage.objects.get()
+    assert sorted(message.locations.values_list("folder__name", "uid")) == [("Archive", 3), ("INBOX", 10)]
+    assert message.thread.message_count == 1
+
+
+def test_flag_changes_on_the_server_are_applied(account, inbox):
+    raw = build_message(1)
+    ingest_batch(account, inbox, fetched([raw]), uidvalidity=7)
+    assert not EmailMessage.objects.get().is_read
+
+    ingest_batch(account, inbox, fetched([raw], flags=("\\Seen",)), uidvalidity=7)
+
+    message = EmailMessage.objects.get()
+    assert message.is_read
+    assert message.locations.get().flags == "\\Seen"
+
+
+def test_unparseable_message_is_kept_raw_with_the_reason(account, inbox, media_root):
+    broken = (
+        b"From: Bob <bob@customer.example>\r\nSubject: Broken\r\nMessage-ID: <broken@x>\r\n"
+        b'Content-Type: multipart/mixed; boundary="never"\r\n\r\nThe body without any boundary\r\n'
+    )
+    garbage = bytes(range(256)) * 3
+    result = ingest_batch(account, inbox, fetched([broken, garbage, build_message(3)]), uidvalidity=7)
+
+    assert (result.created, result.failed) == (3, 2)
+    stored = EmailMessage.objects.get(message_id="broken@x")
+    assert "boundary" in stored.parse_error
+    assert stored.subject == "Broken" and stored.from_address == "bob@customer.example"
+    assert "The body without any boundary" in stored.body_text
+    with stored.raw.open("rb") as handle:
+        assert handle.read() == broken
+    junk = EmailMessage.objects.exclude(pk=stored.pk).get(parse_error__gt="")
+    with junk.raw.open("rb") as handle:
+        assert handle.read() == garbage
+    assert EmailMessage.objects.get(message_id="msg-3@customer.example").parse_error == ""
+    assert not EmailMessage.objects.get(message_id="msg-3@customer.example").raw
+
+
+def test_attachments_and_inline_images_are_stored_through_django_storage(account, inbox):
+    pdf = b"%PDF-1.4 fake" * 100
+    logo = b"\x89PNG\r\n\x1a\n fake png"
+    ingest_batch(
+        account,
+        inbox,
+        fetched([build_message(1, attachment=("Offer 2025.pdf", pdf), inline_image=logo)]),
+        uidvalidity=7,
+    )
+
+    message = EmailMessage.objects.get()
+    assert message.has_attachments
+    stored = {a.filename: a for a in message.attachments.all()}
+    assert set(stored) == {"Offer 2025.pdf", "logo.png"}
+    assert stored["Offer 2025.pdf"].size == len(pdf) and not stored["Offer 2025.pdf"].is_inline
+    assert stored["logo.png"].is_inline and stored["logo.png"].content_id == "logo@mail"
+    with stored["Offer 2025.pdf"].file.open("rb") as handle:
+        assert handle.read() == pdf
+    with stored["logo.png"].file.open("rb") as handle:
+        assert handle.read() == logo
+    assert 'src="cid:logo@mail"' in message.body_html
+
+
+def test_bodies_are_compressed_with_lz4_when_the_server_has_it(account, inbox):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL TOAST compression")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
+        if not cursor.fetchone()[0]:
+            pytest.skip("this PostgreSQL is built without lz4")
+    body = "A long and repetitive body that PostgreSQL will compress. " * 200
+    ingest_batch(account, inbox, fetched([build_message(1, body=body)]), uidvalidity=7)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_column_compression(body_text), body_text FROM mailsync_emailmessage")
+        method, stored = cursor.fetchone()
+    assert method == "lz4"
+    assert stored.startswith("A long and repetitive body")
+
+
+def test_large_recipient_lists_are_stored_completely(account, inbox):
+    to = ", ".join(f"p{n}@customer.example" for n in range(300))
+    ingest_batch(account, inbox, fetched([build_message(1, to=to)]), uidvalidity=7)
+    message = EmailMessage.objects.get()
+    assert message.recipient_count == 300
+    assert message.participants.filter(role="to").count() == 300
+
+
+def test_direction_uses_aliases_and_the_sent_folder(account, inbox):
+    AccountAddress.objects.create(account=account, address="sales@company.test")
+    sent_folder = MailFolder.objects.create(account=account, name="Sent", role=MailFolder.Role.SENT, uidvalidity=1)
+    assert own_addresses_for(account) >= {"alice@company.test", "sales@company.test"}
+
+    ingest_batch(account, inbox, fetched([build_message(1, sender="Sales <Sales@Company.test>")]), uidvalidity=7)
+    ingest_batch(account, sent_folder, fetched([build_message(2, sender="unknown-alias@company.test")]), uidvalidity=1)
+    ingest_batch(account, inbox, fetched([build_message(3)], start_uid=5), uidvalidity=7)
+
+    directions = dict(EmailMessage.objects.values_list("message_id", "direction"))
+    assert directions == {
+        "msg-1@customer.example": "sent",
+        "msg-2@customer.example": "sent",
+        "msg-3@customer.example": "received",
+    }
+
+
+def test_duplicate_in_the_same_batch_is_stored_once(account, inbox):
+    raw = build_message(1)
+    result = ingest_batch(account, inbox, fetched([raw, raw]), uidvalidity=7)
+    assert (result.created, result.existing, result.locations_added) == (1, 1, 2)
+    assert EmailMessage.objects.count() == 1
+    assert MessageLocation.objects.count() == 2
+
+
+def test_future_or_missing_dates_fall_back_to_arrival(account, inbox):
+    future = build_message(1, date=timezone.now() + timedelta(days=400))
+    ingest_batch(account, inbox, fetched([future]), uidvalidity=7)
+    assert EmailMessage.objects.get().date == datetime(2025, 3, 5, 8, 0, tzinfo=UTC)
+
+
+def test_naive_internal_dates_are_made_aware(account, inbox):
+    item = FetchedMessage(uid=1, flags=(), internal_date=datetime(2025, 3, 5, 8, 0), raw=build_message(1))
+    ingest_batch(account, inbox, [item], uidvalidity=7)
+    assert EmailMessage.objects.get().internal_date == timezone.make_aware(datetime(2025, 3, 5, 8, 0))
+
+
+def test_uidvalidity_and_uids_are_required_for_folders(account, inbox):
+    inbox.uidvalidity = None
+    with pytest.raises(ValueError, match="UIDVALIDITY"):
+        ingest_batch(account, inbox, fetched([build_message(1)]))
+    with pytest.raises(ValueError, match="UID"):
+        ingest_batch(account, inbox, [FetchedMessage(uid=None, raw=build_message(1))], uidvalidity=3)
+
+
+def test_before_commit_runs_in_the_transaction_and_a_crash_there_loses_nothing(account, inbox, media_root):
+    def crash(result: IngestResult):
+        assert EmailMessage.objects.count() == result.created == 2
+        raise RuntimeError("worker killed")
+
+    raws = [build_message(1, attachment=("a.bin", b"abc")), build_message(2)]
+    with pytest.raises(RuntimeError):
+        ingest_batch(account, inbox, fetched(raws), uidvalidity=7, before_commit=crash)
+    assert counts() == (0, 0, 0, 0, 0)
+
+    result = ingest_batch(account, inbox, fetched(raws), uidvalidity=7)
+    assert (result.created, result.existing) == (2, 0)
+    assert counts() == (2, 4, 1, 2, 2)
+    # The attachment file written before the crash was reused, not duplicated.
+    assert len(stored_files(media_root)) == 1
+
+
+def test_crash_in_the_middle_of_the_writes_rolls_everything_back(account, inbox, monkeypatch):
+    raws = [build_message(n) for n in range(1, 4)]
+
+    def killed(thread_ids):
+        # Messages, participants and locations are written by now: a SIGINT here must undo them all.
+        assert EmailMessage.objects.count() == 3 and MessageLocation.objects.count() == 3
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest, "refresh_thread_stats", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_batch(account, inbox, fetched(raws), uidvalidity=7)
+    assert counts() == (0, 0, 0, 0, 0)
+
+    monkeypatch.undo()
+    assert ingest_batch(account, inbox, fetched(raws), uidvalidity=7).created == 3
+    assert counts() == (3, 6, 0, 3, 3)
+
+
+def test_on_threads_changed_runs_after_commit_with_the_touched_threads(
+    account, inbox, monkeypatch, django_capture_on_commit_callbacks
+):
+    seen = []
+    monkeypatch.setattr(ingest, "on_threads_changed", lambda thread_ids: seen.append(thread_ids))
+    with django_capture_on_commit_callbacks(execute=True):
+        result = ingest_batch(account, inbox, fetched([build_message(1), build_message(2, subject="x")]), uidvalidity=7)
+    assert seen == [result.thread_ids]
+    assert len(result.thread_ids) == 2
+
+
+def test_number_of_queries_does_not_grow_with_the_batch(account, inbox):
+    def queries_for(numbers):
+        raws = [build_message(n, attachment=("a.txt", b"x"), cc=f"c{n}@customer.example") for n in numbers]
+        with CaptureQueriesContext(connection) as captured:
+            ingest_batch(account, inbox, fetched(raws, start_uid=numbers[0]), uidvalidity=7)
+        return len(captured.captured_queries)
+
+    queries_for(range(1000, 1002))  # warm-up: once-per-process checks (lz4 support) are not per batch
+    small = queries_for(range(1, 6))
+    large = queries_for(range(100, 300))
+    assert large == small
+    assert small <= 20
+
+
+def test_ingest_raw_has_no_location_and_is_idempotent(account):
+    raws = [build_message(1), build_message(2)]
+    first = ingest_raw(account, raws, flags=("\\Seen",))
+    second = ingest_raw(account, raws)
+    assert (first.created, second.created, second.existing) == (2, 0, 2)
+    assert MessageLocation.objects.count() == 0
+    assert EmailMessage.objects.filter(is_read=True).count() == 2
+
+
+def test_precomputed_parse_results_are_used(account, inbox):
+    raws = [build_message(1), build_message(2)]
+    parsed = [parse_message(raw, own_addresses=own_addresses_for(account)) for raw in raws]
+    result = ingest_batch(account, inbox, fetched(raws), uidvalidity=7, parsed=parsed)
+    assert result.created == 2
+
+
+def test_parse_pool_gives_the_same_results_as_parsing_inline():
+    raws = [build_message(n, attachment=("a.bin", bytes([n]))) for n in range(1, 8)]
+    own = frozenset({"alice@company.test"})
+    with ParsePool(workers=2, chunk_size=3) as pool:
+        parsed = pool.submit(raws, own).result()
+    inline = [parse_message(raw, own_addresses=own) for raw in raws]
+    assert parsed == inline
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_ingestion_of_the_same_batch_creates_no_duplicates(alice):
+    account = EmailAccount.objects.create(
+        user=alice, email_address="alice@company.test", imap_host="localhost", username="alice@company.test"
+    )
+    inbox = MailFolder.objects.create(account=account, name="INBOX", uidvalidity=7)
+    raws = [build_message(n, references=f"<root-{n % 3}@customer.example>") for n in range(1, 41)]
+    results, errors = [], []
+    barrier = threading.Barrier(3)
+
+    def worker():
+        try:
+            barrier.wait()
+            results.append(ingest_batch(account, inbox, fetched(raws), uidvalidity=7))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert not errors
+    assert sum(result.created for result in results) == 40
+    assert sum(result.existing for result in results) == 80
+    assert EmailMessage.objects.count() == 40
+    assert MessageLocation.objects.count() == 40
+    assert MessageParticipant.objects.count() == 80
+    # Three conversations (by their common root reference), each thread created once.
+    assert EmailThread.objects.count() == 3
+    assert sorted(EmailThread.objects.values_list("message_count", flat=True)) == [13, 13, 14]

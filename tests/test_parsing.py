@@ -1,0 +1,516 @@
+"""mailsync.parsing: bytes -> ParsedEmail, on the real-world corpus and on crafted edge cases."""
+# ruff: noqa: RUF001  (the test data is deliberately multilingual: dashes, Hebrew, full-width commas)
+
+import hashlib
+import random
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mailsync.parsing import (
+    RECEIVED,
+    SENT,
+    ParsedEmail,
+    _fast_parse,
+    _parse,
+    _Unusual,
+    canonical_size,
+    decode_bytes,
+    decode_rfc2047,
+    html_to_text,
+    make_snippet,
+    message_id_key,
+    normalize_message_id,
+    parse_many,
+    parse_message,
+    sanitize_html,
+)
+
+CORPUS = Path("/work/shared/corpus")
+CORPUS_FILES = sorted(
+    path
+    for path in CORPUS.rglob("*")
+    if path.is_file() and not path.name.startswith(("LICENSE", "SOURCES", ".")) and path.suffix != ".md"
+)
+
+
+def corpus(relative: str) -> bytes:
+    path = CORPUS / relative
+    if not path.exists():
+        pytest.skip(f"corpus file {relative} not present")
+    return path.read_bytes()
+
+
+def build(
+    *,
+    subject="Hello",
+    sender="Ann Example <ann@example.com>",
+    to="alice@company.test",
+    extra_headers="",
+    body="Hi there",
+    content_type="text/plain; charset=utf-8",
+    message_id="<m1@example.com>",
+    date="Tue, 04 Mar 2025 10:00:00 +0100",
+    cte="8bit",
+) -> bytes:
+    headers = [f"From: {sender}", f"To: {to}", f"Subject: {subject}"]
+    if date is not None:
+        headers.append(f"Date: {date}")
+    if message_id is not None:
+        headers.append(f"Message-ID: {message_id}")
+    headers += ["MIME-Version: 1.0", f"Content-Type: {content_type}", f"Content-Transfer-Encoding: {cte}"]
+    text = "\r\n".join(headers) + "\r\n" + extra_headers + "\r\n" + body
+    return text.encode("utf-8")
+
+
+def assert_storable(parsed: ParsedEmail) -> None:
+    """Every string can go into PostgreSQL (no NUL, valid UTF-8) and the key looks like sha256."""
+    strings = [parsed.subject, parsed.body_text, parsed.body_html, parsed.snippet, parsed.message_id]
+    strings += [parsed.in_reply_to, parsed.parse_error, *parsed.references]
+    for _role, name, address in parsed.participants():
+        strings += [name, address]
+    for attachment in parsed.attachments:
+        strings += [attachment.filename, attachment.content_type, attachment.content_id]
+        assert attachment.size == len(attachment.payload)
+    for value in strings:
+        assert isinstance(value, str)
+        assert "\x00" not in value
+        value.encode("utf-8")
+    assert re.fullmatch(r"[0-9a-f]{64}", parsed.message_key)
+
+
+# --- the corpus -----------------------------------------------------------------------------------
+
+
+def test_corpus_is_present():
+    assert len(CORPUS_FILES) > 250
+
+
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: str(p.relative_to(CORPUS)))
+def test_every_corpus_message_parses_without_raising(path):
+    raw = path.read_bytes()
+    parsed = parse_message(raw, own_addresses=frozenset({"kijitora@example.jp"}))
+    assert_storable(parsed)
+    assert parsed.size == len(raw)
+    # Either it parsed, or it says why and still salvaged something to show.
+    assert parsed.parse_error or parsed.from_ or parsed.subject or parsed.body_text or parsed.attachments
+
+
+def comparable(parsed: ParsedEmail) -> dict:
+    """Everything but defect notes; enclosed messages are kept byte-exact by the fast path and
+    re-serialised by the stdlib path, so only their presence is compared."""
+    result = {name: getattr(parsed, name) for name in parsed.__slots__ if name not in ("defects", "attachments")}
+    result["attachments"] = [
+        (
+            a.filename,
+            a.content_type,
+            a.content_id,
+            a.is_inline,
+            None if a.content_type.startswith("message/") else a.payload,
+        )
+        for a in parsed.attachments
+    ]
+    return result
+
+
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: str(p.relative_to(CORPUS)))
+def test_fast_mime_path_gives_the_same_result_as_the_stdlib_path(path):
+    raw = path.read_bytes()
+    assert comparable(_parse(raw, frozenset(), fast=True)) == comparable(_parse(raw, frozenset(), fast=False))
+
+
+def test_fast_mime_path_handles_most_real_mail():
+    taken = 0
+    for path in CORPUS_FILES:
+        try:
+            _fast_parse(path.read_bytes())
+            taken += 1
+        except Exception:
+            continue
+    assert taken > 0.75 * len(CORPUS_FILES)
+
+
+def test_fast_path_leaves_odd_structures_to_the_stdlib():
+    odd = [
+        build(content_type='multipart/mixed; boundary="b"junk', body="--b\r\n\r\nx\r\n--b--\r\n"),
+        build(content_type='multipart/mixed; boundary="b"', body="--b\r\n\r\nno closing delimiter"),
+        build(content_type='multipart/mixed; boundary="b"', body="Content-Type: text/plain\r\n\r\n--b--\r\n"),
+        build(body="bare\rcarriage return"),
+        build(cte="x-uuencode", body="begin 644 a\r\n`\r\nend\r\n"),
+    ]
+    for raw in odd:
+        with pytest.raises(_Unusual):
+            _fast_parse(raw)
+        assert comparable(parse_message(raw)) == comparable(_parse(raw, frozenset(), fast=False))
+
+
+def test_legacy_iso_2022_jp_with_windows_extensions_is_decoded():
+    # "ЖД№41 от 28.09.2016": the № is an NEC extension only CP50220 decoders know.
+    parsed = parse_message(corpus("php-mime-mail-parser/issue116"))
+    assert parsed.subject == "ЖД№41 от 28.09.2016"
+
+
+@pytest.mark.parametrize(
+    ("relative", "subject", "body_part"),
+    [
+        ("mikel-mail/plain_emails/raw_email.eml", "NOTE: 한국말로 하는 것", "제 이름은 Jamis입니다."),  # euc-kr
+        ("mikel-mail/multi_charset/japanese_shift_jis.eml", "test", "このメールはテスト用のメールです。"),
+        ("mikel-mail/multi_charset/japanese_iso_2022.eml", "まみむめも", "すみません。"),
+        ("php-mime-mail-parser/failure.eml", "", "次の受信者またはグループへの配信に失敗しました"),  # gb2312
+    ],
+)
+def test_legacy_charsets_subject_and_body(relative, subject, body_part):
+    parsed = parse_message(corpus(relative))
+    assert parsed.subject == subject
+    assert body_part in parsed.body_text
+    assert not parsed.parse_error
+
+
+def test_ks_c_5601_attachment_name_is_decoded():
+    parsed = parse_message(corpus("php-mime-mail-parser/m0018"))
+    assert "사진.JPG" in [attachment.filename for attachment in parsed.attachments]
+
+
+def test_attachment_with_rfc2231_filename_and_content():
+    parsed = parse_message(corpus("mikel-mail/attachment_emails/attachment_with_quoted_filename.eml"))
+    (attachment,) = parsed.attachments
+    assert attachment.filename == "Eelanalüüsi päring.jpg"
+    assert attachment.content_type == "image/jpeg"
+    assert attachment.payload[:3] == b"\xff\xd8\xff"  # a JPEG, decoded from base64
+    assert parsed.has_attachments
+
+
+def test_pdf_attachment_keeps_bytes():
+    parsed = parse_message(corpus("mikel-mail/attachment_emails/attachment_pdf.eml"))
+    (attachment,) = parsed.attachments
+    assert attachment.filename == "broken.pdf"
+    assert attachment.content_type == "application/pdf"
+    assert attachment.payload.startswith(b"%PDF")
+    assert not attachment.is_inline
+
+
+def test_inline_cid_image_is_inline_and_referenced_by_the_html():
+    parsed = parse_message(corpus("php-mime-mail-parser/issue115"))
+    logo = next(a for a in parsed.attachments if a.filename == "logo.jpg")
+    text = next(a for a in parsed.attachments if a.filename == "attachment.txt")
+    assert logo.is_inline and logo.content_id
+    assert f'src="cid:{logo.content_id}"' in parsed.body_html
+    assert not text.is_inline
+    assert parsed.has_attachments
+
+
+def test_bounce_is_recognised_with_the_bounced_message_id():
+    parsed = parse_message(corpus("mailgun-flanker/bounce/mailbox-full.eml"))
+    assert parsed.is_bounce
+    assert parsed.bounced_message_id == "4E326A95.3010907@example.com"
+    assert "delivery" in parsed.body_text.lower()
+    assert {a.content_type for a in parsed.attachments} >= {"message/delivery-status", "text/rfc822-headers"}
+
+
+def test_missing_boundary_is_flagged_and_the_text_salvaged():
+    parsed = parse_message(corpus("mailgun-flanker/mailformed-headers.eml"))
+    assert "boundary" in parsed.parse_error
+    assert "Hello" in parsed.body_text
+    assert parsed.from_address == "headers@gmail.com"
+
+
+def test_missing_final_boundary_still_parses():
+    parsed = parse_message(corpus("mailgun-flanker/missing-final-boundary.eml"))
+    assert not parsed.parse_error
+    assert parsed.body_text
+
+
+def test_huge_header_is_decoded_and_capped():
+    raw = corpus("mailgun-flanker/long-header.eml")
+    assert len(raw) > 100_000
+    parsed = parse_message(raw)
+    assert parsed.subject.startswith("Die heiße Zypernsonne quälte Max")
+    assert len(parsed.subject) <= 2000
+    assert parsed.body_text == "test"
+
+
+def test_endless_nesting_does_not_crash():
+    parsed = parse_message(corpus("mailgun-flanker/enclosed-endless.eml"))
+    assert parsed.subject == "Wow"
+    assert_storable(parsed)
+
+
+def test_cr_only_line_endings_parse():
+    parsed = parse_message(corpus("sisimai-set-of-emails/mac/lhost-domino-01.eml"))
+    assert parsed.from_address == "postmaster@example.jp"
+    assert "not listed in Domino Directory" in parsed.subject
+    assert "kijitora@example.jp" in parsed.body_text
+
+
+def test_rfc6532_utf8_headers():
+    parsed = parse_message(corpus("mikel-mail/rfc6532/utf8_headers.eml"))
+    assert parsed.subject == "Säying Hello"
+    assert parsed.from_name == "Jöhn Doe"
+
+
+def test_mislabelled_utf8_text_is_read_as_utf8():
+    # Declared x-mac-cyrillic, but the bytes are UTF-8: decoding them as Mac Cyrillic gives mojibake.
+    parsed = parse_message(corpus("php-mime-mail-parser/issue230"))
+    assert "–¢–µ–Ї" in parsed.body_text
+    assert "вАУ" not in parsed.body_text
+
+
+# --- crafted messages -----------------------------------------------------------------------------
+
+
+def test_header_fields_and_normalisation():
+    raw = build(
+        subject="=?UTF-8?B?UmU6IE9mZmVy?= =?UTF-8?Q?_f=C3=BCr_Sie?=",
+        sender='"Ann, Example" <Ann@Example.COM>',
+        to="bob@CUSTOMER.example, =?utf-8?q?Ren=C3=A9?= <rene@customer.example>, undisclosed-recipients:;",
+        extra_headers=(
+            "Cc: not an address, carol@customer.example\r\n"
+            "Bcc: <secret@company.test>\r\nReply-To: replies@example.com\r\n"
+            "In-Reply-To: <Parent@Example.COM>\r\nReferences: <root@example.com>\r\n <Parent@Example.COM>\r\n"
+        ),
+        message_id="<ABC.123@Mail.Example.COM>",
+    )
+    parsed = parse_message(raw)
+    assert parsed.subject == "Re: Offer für Sie"
+    assert parsed.from_ == [("Ann, Example", "ann@example.com")]
+    assert parsed.to == [("", "bob@customer.example"), ("René", "rene@customer.example")]
+    assert parsed.cc == [("", "carol@customer.example")]
+    assert parsed.bcc == [("", "secret@company.test")]
+    assert parsed.reply_to == [("", "replies@example.com")]
+    assert parsed.message_id == "ABC.123@mail.example.com"
+    assert parsed.in_reply_to == "Parent@example.com"
+    assert parsed.references == ["root@example.com", "Parent@example.com"]
+    assert parsed.recipient_count == 4
+    assert parsed.date == datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
+    assert parsed.thread_ids() == ["ABC.123@mail.example.com", "Parent@example.com", "root@example.com"]
+
+
+def test_large_recipient_lists_are_kept_whole():
+    recipients = ", ".join(f"Person {n} <p{n}@customer.example>" for n in range(250))
+    parsed = parse_message(build(to=recipients, extra_headers=f"Bcc: {recipients.replace('p', 'b')}\r\n"))
+    assert len(parsed.to) == 250
+    assert len(parsed.bcc) == 250
+    assert parsed.recipient_count == 500
+
+
+def test_direction_follows_own_addresses():
+    own = frozenset({"alice@company.test"})
+    assert parse_message(build(sender="Alice <Alice@Company.test>"), own_addresses=own).direction == SENT
+    assert parse_message(build(sender="ann@example.com"), own_addresses=own).direction == RECEIVED
+
+
+def test_message_key_is_the_hash_of_the_normalised_message_id():
+    first = parse_message(build(message_id="<id-1@Example.COM>"))
+    second = parse_message(build(message_id="id-1@example.com", subject="other"))
+    assert first.message_key == second.message_key == hashlib.sha256(b"id-1@example.com").hexdigest()
+    assert message_id_key("id-1@example.com") == first.message_key
+
+
+def test_message_key_without_message_id_uses_date_from_subject_size():
+    crlf = build(message_id=None)
+    lf = crlf.replace(b"\r\n", b"\n")
+    assert parse_message(crlf).message_key == parse_message(lf).message_key  # IMAP copy == mbox copy
+    assert canonical_size(lf) == len(crlf)
+    assert parse_message(build(message_id=None, subject="Other")).message_key != parse_message(crlf).message_key
+    other_date = build(message_id=None, date="Wed, 05 Mar 2025 10:00:00 +0100")
+    assert parse_message(other_date).message_key != parse_message(crlf).message_key
+    # Same headers, different body length: different messages.
+    assert parse_message(build(message_id=None, body="Hi there!")).message_key != parse_message(crlf).message_key
+
+
+def test_garbage_date_falls_back_to_received_header():
+    raw = build(
+        date="yesterday-ish",
+        extra_headers="Received: from x by y; Mon, 03 Mar 2025 08:30:00 +0000\r\n",
+    )
+    assert parse_message(raw).date == datetime(2025, 3, 3, 8, 30, tzinfo=UTC)
+    assert parse_message(build(date="not a date")).date is None
+
+
+def test_html_only_message_gets_text_and_snippet():
+    html = "<html><head><style>p{color:red}</style><title>T</title></head><body><p>Hello&nbsp;<b>World</b></p>"
+    html += "<p>Second   line</p><script>alert(1)</script></body></html>"
+    parsed = parse_message(build(content_type="text/html; charset=utf-8", body=html))
+    assert parsed.body_text == "Hello World\nSecond line"
+    assert parsed.snippet == "Hello World Second line"
+    assert "<script" not in parsed.body_html and "alert" not in parsed.body_html
+
+
+def test_rtl_text_is_preserved():
+    html = '<div dir="rtl" lang="he">שלום עולם</div><p dir="rtl">مرحبا بالعالم</p>'
+    parsed = parse_message(build(content_type="text/html; charset=utf-8", body=html, subject="سلام دنیا"))
+    assert parsed.subject == "سلام دنیا"
+    assert '<div dir="rtl" lang="he">שלום עולם</div>' in parsed.body_html
+    assert "مرحبا بالعالم" in parsed.body_text
+    plain = parse_message(build(body="اردو میں متن\nשורה שנייה", content_type="text/plain; charset=utf-8"))
+    assert plain.body_text == "اردو میں متن\nשורה שנייה"
+
+
+def test_snippet_skips_quoted_lines_and_is_short():
+    text = "Thanks, see below.\n\n> old quoted text\n> more\n" + "word " * 200
+    snippet = make_snippet(text)
+    assert snippet.startswith("Thanks, see below. word word")
+    assert "quoted" not in snippet
+    assert len(snippet) <= 200
+
+
+def test_base64_text_in_windows_1252_and_quoted_printable_utf8():
+    body = "Q2Fm6SBjcuhtZQ=="  # "Café crème" in windows-1252
+    parsed = parse_message(build(content_type="text/plain; charset=windows-1252", cte="base64", body=body))
+    assert parsed.body_text == "Café crème"
+    qp = parse_message(build(cte="quoted-printable ", body="Gr=C3=BC=C3=9Fe=\r\n aus K=C3=B6ln"))
+    assert qp.body_text == "Grüße aus Köln"
+
+
+def test_attachment_from_multipart_message():
+    body = (
+        "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee attached\r\n"
+        '--b1\r\nContent-Type: application/octet-stream; name="=?utf-8?B?w6nDqS5wZGY=?="\r\n'
+        "Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n"
+    )
+    parsed = parse_message(build(content_type='multipart/mixed; boundary="b1"', body=body))
+    assert parsed.body_text == "See attached"
+    (attachment,) = parsed.attachments
+    assert attachment.filename == "éé.pdf"
+    assert attachment.payload == b"%PDF-1.4\n"
+    assert attachment.size == 9
+
+
+def test_attachment_path_components_are_dropped():
+    body = (
+        "--b1\r\nContent-Type: text/plain\r\n\r\nx\r\n--b1\r\nContent-Type: text/plain\r\n"
+        'Content-Disposition: attachment; filename="../../etc/passwd"\r\n\r\nroot\r\n--b1--\r\n'
+    )
+    parsed = parse_message(build(content_type='multipart/mixed; boundary="b1"', body=body))
+    assert [a.filename for a in parsed.attachments] == ["passwd"]
+
+
+def test_parse_many_matches_parse_message():
+    raws = [build(message_id=f"<m{n}@example.com>") for n in range(3)]
+    assert [p.message_key for p in parse_many(raws)] == [parse_message(r).message_key for r in raws]
+
+
+# --- HTML sanitising ------------------------------------------------------------------------------
+
+
+def test_sanitizer_removes_active_content():
+    html = (
+        '<p onclick="steal()">Hi <a href="javascript:alert(1)">x</a> <img src="x" onerror="alert(2)">'
+        '<script>alert(3)</script><iframe src="https://evil.example"></iframe><object data="x"></object>'
+        '<form action="https://evil.example"><input name="pw"></form><embed src="x"><svg onload="x"></svg></p>'
+    )
+    safe, _remote = sanitize_html(html)
+    for forbidden in ("onclick", "javascript:", "onerror", "<script", "alert(3)", "<iframe", "<object", "<form"):
+        assert forbidden not in safe
+    assert "<input" not in safe and "<embed" not in safe and "onload" not in safe
+
+
+def test_sanitizer_blocks_remote_images_but_keeps_cid_images():
+    html = '<img src="https://tracker.example/open.gif?u=1&amp;v=2" alt="a > b"><img src="cid:logo@x">'
+    safe, remote = sanitize_html(html)
+    assert remote
+    assert ' src="https://tracker.example' not in safe
+    assert 'data-remote-src="https://tracker.example/open.gif?u=1&amp;v=2"' in safe
+    assert 'src="cid:logo@x"' in safe
+    assert sanitize_html('<img src="cid:only@x">') == ('<img src="cid:only@x">', False)
+
+
+def test_sanitizer_links_open_safely():
+    safe, _ = sanitize_html('<a href="https://example.com/a?b=1" target="_self">link</a>')
+    assert 'href="https://example.com/a?b=1"' in safe
+    assert 'target="_blank"' in safe
+    assert 'rel="noopener noreferrer"' in safe
+
+
+def test_sanitizer_styles_keep_only_harmless_properties():
+    safe, _ = sanitize_html('<p style="color: red; position: fixed; font-weight: bold">x</p>')
+    assert 'style="color:red;font-weight:bold"' in safe
+    loader, _ = sanitize_html('<p style="background-color: url(https://tracker.example/x)">x</p>')
+    assert "tracker" not in loader
+
+
+def test_html_to_text_keeps_line_structure():
+    assert html_to_text("<p>One</p><p>Two<br>Three</p><ul><li>a</li><li>b</li></ul>") == "One\nTwo\nThree\na\nb"
+
+
+# --- decoding helpers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "charset", "expected"),
+    [
+        ("你好，世界".encode("gb18030"), "gb2312", "你好，世界"),
+        ("한국어".encode("cp949"), "ks_c_5601-1987", "한국어"),
+        ("שלום".encode("iso8859_8"), "iso-8859-8-i", "שלום"),
+        ("สวัสดี".encode("cp874"), "windows-874", "สวัสดี"),
+        ("Привет".encode("mac_cyrillic"), "x-mac-cyrillic", "Привет"),
+        ("Привет".encode("koi8_r"), "koi8-r", "Привет"),
+        ("naïve".encode(), "unknown-8bit", "naïve"),
+        ("naïve".encode("latin-1"), "unknown-8bit", "naïve"),
+        ("€5".encode("cp1252"), "iso-8859-1", "€5"),
+        (b"ok", "no-such-charset", "ok"),
+        (b"caf\xc3\xa9", "zlib", "café"),  # a bytes codec is not a charset
+        ("日本語".encode(), "us-ascii", "日本語"),
+    ],
+)
+def test_decode_bytes_with_legacy_and_wrong_labels(data, charset, expected):
+    assert decode_bytes(data, charset) == expected
+
+
+def test_decode_rfc2047_joins_split_multibyte_words_and_survives_garbage():
+    assert decode_rfc2047("=?utf-8?B?4pyI?= =?utf-8?B?8J+Ogw==?=") == "✈🎃"
+    # A UTF-8 character split across two encoded words.
+    assert decode_rfc2047("=?UTF-8?Q?caf=C3?= =?UTF-8?Q?=A9?=") == "café"
+    assert decode_rfc2047("=?x-unknown?Q?abc?= plain") == "abc plain"
+    assert decode_rfc2047("=?utf-8?B?not base64!!?=")  # does not raise
+
+
+def test_normalize_message_id():
+    assert normalize_message_id(" <Local.Part@EXAMPLE.Com> ") == "Local.Part@example.com"
+    assert normalize_message_id("no-brackets@Example.com") == "no-brackets@example.com"
+    assert normalize_message_id("") == ""
+
+
+# --- robustness -----------------------------------------------------------------------------------
+
+
+def test_random_bytes_never_raise():
+    rng = random.Random(20250304)
+    for _ in range(300):
+        assert_storable(parse_message(rng.randbytes(rng.randint(0, 3000))))
+
+
+def test_mutated_corpus_messages_never_raise():
+    rng = random.Random(7)
+    sources = [path.read_bytes()[:100_000] for path in CORPUS_FILES[::5]]
+    inserts = [b"\r\n", b"\n\n", b"--", b"=?utf-8?B?", b"?=", b"\x00", b"<", b'"', b"=\n", b"\xff\xfe"]
+    for _ in range(300):
+        raw = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 20)):
+            if not raw:
+                break
+            position = rng.randrange(len(raw))
+            choice = rng.random()
+            if choice < 0.4:
+                raw[position] = rng.randrange(256)
+            elif choice < 0.7:
+                raw[position:position] = rng.choice(inserts)
+            else:
+                del raw[position : position + rng.randint(1, 300)]
+        assert_storable(parse_message(bytes(raw)))
+
+
+def test_pathological_nesting_is_salvaged():
+    deep = b"From: a@b.example\nSubject: deep\n" + b"Content-Type: message/rfc822\n\nSubject: x\n" * 5000
+    parsed = parse_message(deep + b"\nhello\n")
+    assert parsed.subject == "deep"
+    assert parsed.from_address == "a@b.example"
+    assert_storable(parsed)
+
+
+def test_non_bytes_input_is_handled():
+    parsed = parse_message("From: a@b.example\nSubject: str input\n\nbody")  # type: ignore[arg-type]
+    assert parsed.subject == "str input"
+    assert parse_message(None).parse_error  # type: ignore[arg-type]
