@@ -25,6 +25,8 @@ def test_filter_search_and_bulk_archive(page, alice):
     page.wait_for_url(re.compile(r"/mail/$"))
     rows = page.locator("#results table.mail-list tbody tr")
     expect(rows).to_have_count(3)
+    # Swapped-in controls are live as soon as they are visible (typing right after a swap once got lost).
+    assert page.evaluate("htmx.config.defaultSettleDelay") == 0
     expect(page.locator(".mailbox-tab.active")).to_contain_text("Inbox 3")
     expect(page.locator("tr.unread")).to_have_count(1)
 
