@@ -162,3 +162,14 @@ def test_opening_a_thread_from_a_boosted_link_loads_it_as_its_own_document(page,
         "[sessionStorage.getItem('htmx-history-cache') || '', localStorage.getItem('htmx-history-cache') || '']"
     )
     assert not any("Quarterly numbers" in cache for cache in caches)
+
+    # Back: the browser loads the thread again as a document of its own, with its policy.
+    responses.clear()
+    page.go_back()
+    page.wait_for_url(f"**{thread.get_absolute_url()}")
+    page.frame_locator("iframe.message-frame").locator("text=Quarterly numbers are attached.").wait_for()
+    documents = [
+        r for r in responses if r.url.endswith(thread.get_absolute_url()) and r.request.is_navigation_request()
+    ]
+    assert documents and "script-src 'self'" in documents[-1].headers["content-security-policy"]
+    assert page.evaluate("sessionStorage.getItem('htmx-history-cache')") is None
