@@ -498,6 +498,15 @@ class ImapSession:
         return FlagChanges(changed=changed, vanished=sorted(set(vanished)), highestmodseq=highest)
 
     # -- waiting for changes
+    def poll_changes(self) -> bool:
+        """NOOP: True if the selected folder changed since this session last heard from the server.
+
+        IDLE announces only what happens while it runs (Dovecot, for one, says nothing at its start about a
+        message delivered just before), so a watcher asks this first."""
+        with _classified(self._config):
+            _, responses = self._client.noop()
+        return any(_is_change(r) for r in responses)
+
     def idle_wait(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds (<= 29 min) for a change in the selected folder; True if one came."""
         timeout = max(0.0, min(timeout, IDLE_MAX_SECONDS))

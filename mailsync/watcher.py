@@ -70,12 +70,21 @@ class AccountWatcher(threading.Thread):
         if account is None:
             self.stop()
             return
-        self._sync()  # catch up with whatever arrived while nobody watched
-        with imap.connect(account_imap_config(account)) as session:
+        try:
+            session = imap.connect(account_imap_config(account))
+        except errors.MailError:
+            self._sync()  # records the failure (state, last error and its fix) for the settings page
+            raise
+        with session:
             session.select("INBOX", readonly=True)
+            # This session's view of the folder starts now; the catch-up covers everything before it, and
+            # what arrives later shows as a change to this session (selecting after the catch-up would let
+            # a message delivered in between wait for the next interval).
+            self._sync()
             last_sync = time.monotonic()
             while not self.stop_event.is_set():
-                changed = session.idle_wait(timeout=min(self.interval, 30.0))
+                # Anything delivered during the last sync? IDLE would not mention it.
+                changed = session.poll_changes() or session.idle_wait(timeout=min(self.interval, 30.0))
                 due = time.monotonic() - last_sync >= self.interval
                 if changed or due:
                     if self._account() is None:
