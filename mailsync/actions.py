@@ -6,9 +6,12 @@ threads, or of threads no longer in that list, are refused and counted, and noth
 Scope: read / unread, archive and "move to inbox" change the thread's visible messages in that list
 (archiving a conversation leaves the user's replies in Sent); delete removes the whole conversation.
 
-CRM first: the action is one transaction (messages + list rows, mailsync.mailbox). Then, after the
-commit, a Celery task per mail account repeats it on the server through mailsync.imap, one IMAP
-session per account, grouped by folder:
+CRM first: the action is one transaction (messages + list rows, mailsync.mailbox) that also writes
+one PendingServerAction per mail account (an outbox). After the commit a Celery task per account
+replays that account's outbox on the server through mailsync.imap, in order, one IMAP session, grouped
+by folder; every sync replays it too before it reads the server (so a sync never undoes a read state
+the server has not heard of). A paused account, one needing re-authentication, a busy or dead server
+only delay the change: the rows wait for the next sync of the working account. What is repeated:
 - read / unread: always (\\Seen is two-way, as in every mail client; otherwise the next sync of the
   flags would undo the change);
 - archive, move to inbox, delete: only with MailSettings.apply_actions_on_server (S5): MOVE from the
@@ -19,7 +22,8 @@ The task runs under the account's sync lock, and moves the stored locations alon
 copies (COPYUID), so the next sync finds each message where it now is: one message, with its CRM
 state (is_archived, deleted_at with deletion_source "user" are never undone by a sync). A server
 failure is recorded on the account (services.record_connection_failure: the account banner shows it)
-and never undoes the CRM action.
+and never undoes the CRM action. A command the server refuses outright is dropped (logged) rather than
+retried forever in front of the rest; a removed account's outbox is dropped.
 """
 
 from __future__ import annotations
@@ -37,7 +41,15 @@ from crm.models import User
 from . import errors, imap
 from .inbox import MAILBOXES, own_entries
 from .mailbox import refresh_mailboxes
-from .models import EmailAccount, EmailMessage, Mailbox, MailFolder, MailSettings, MessageLocation
+from .models import (
+    EmailAccount,
+    EmailMessage,
+    Mailbox,
+    MailFolder,
+    MailSettings,
+    MessageLocation,
+    PendingServerAction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +96,16 @@ class ActionResult:
     messages: int
     refused: int
     on_server: bool  # the mail account is changed too (after the commit)
+    waiting: int = 0  # accounts that are paused / need re-authentication: changed when they sync again
 
     def summary(self) -> str:
         noun = "conversation" if self.threads == 1 else "conversations"
         text = f"{self.threads} {noun} {DONE[self.action]}."
         if self.on_server and self.action in OPTIONAL_ON_SERVER:
-            text += " Your mail account is updated too."
+            if self.waiting:
+                text += " Your mail account is updated when its sync runs again (it is paused or needs attention)."
+            else:
+                text += " Your mail account is updated too."
         return text
 
 
@@ -158,14 +174,14 @@ def apply_bulk_action(*, user: User, mailbox: str, action: str, thread_ids) -> A
             messages.update(deleted_at=timezone.now(), deletion_source="user")
         refresh_mailboxes(ids)
     on_server = bool(ids) and (action not in OPTIONAL_ON_SERVER or applies_on_server(user))
-    if on_server:
-        _enqueue_server_work(action, ids)
+    waiting = _enqueue_server_work(action, ids) if on_server else 0
     return ActionResult(
         action=action,
         threads=len(selection.thread_ids),
         messages=len(ids),
         refused=selection.refused,
         on_server=on_server,
+        waiting=waiting,
     )
 
 
@@ -173,18 +189,28 @@ def applies_on_server(user: User) -> bool:
     return MailSettings.objects.filter(user=user, apply_actions_on_server=True).exists()
 
 
-def _enqueue_server_work(action: str, message_ids: list[int]) -> None:
+def _enqueue_server_work(action: str, message_ids: list[int]) -> int:
+    """Write the outbox rows (in the caller's transaction); replay them after the commit. Returns how many
+    of the accounts are not syncing now (their rows wait for the next sync)."""
     by_account: dict[int, list[int]] = defaultdict(list)
     for pk, account_id in EmailMessage.objects.filter(pk__in=message_ids).values_list("pk", "account_id"):
         by_account[account_id].append(pk)
+    accounts = EmailAccount.objects.filter(pk__in=by_account).exclude(state=EmailAccount.State.REMOVED)
+    active = [account for account in accounts if account.is_active]
+    waiting = len(accounts) - len(active)
+    PendingServerAction.objects.bulk_create(
+        PendingServerAction(account=account, action=action, message_ids=sorted(by_account[account.pk]))
+        for account in sorted(accounts, key=lambda account: account.pk)
+    )
 
     def enqueue() -> None:
         from . import tasks
 
-        for account_id, ids in sorted(by_account.items()):
-            tasks.apply_action_on_server.delay(account_id, action, ids)
+        for account in active:
+            tasks.apply_server_actions.delay(account.pk)
 
     transaction.on_commit(enqueue)
+    return waiting
 
 
 # --- on the server ---------------------------------------------------------------------------------
@@ -198,33 +224,66 @@ class RetryLater(Exception):
 class ServerReport:
     moved: int = 0
     flagged: int = 0
-    skipped: str = ""  # why nothing was done (account paused, removed, ...)
+    applied: int = 0  # outbox rows done
+    dropped: int = 0  # outbox rows the server refused (or that no longer make sense)
+    skipped: str = ""  # why nothing was done now (account paused, busy, failing, ...)
 
 
-def apply_on_server(
-    *, account_id: int, action: str, message_ids: list[int], final_attempt: bool = True
-) -> ServerReport:
-    """Repeat a CRM action on the mail server for one account's messages. Never raises a mail error:
-    failures are recorded on the account, except transient ones before the final attempt (RetryLater)."""
+def apply_pending_on_server(*, account_id: int, final_attempt: bool = True) -> ServerReport:
+    """Replay an account's outbox on the mail server. Never raises a mail error: failures are recorded on
+    the account (the rows stay for the next sync), except transient ones before the final attempt
+    (RetryLater)."""
     from . import services, sync
 
     account = EmailAccount.objects.filter(pk=account_id).first()
     if account is None:
         return ServerReport(skipped="account gone")
+    if account.state == EmailAccount.State.REMOVED:
+        dropped, _ = PendingServerAction.objects.filter(account=account).delete()
+        return ServerReport(dropped=dropped, skipped="account removed")
     if not account.is_active:
-        return ServerReport(skipped=f"account {account.get_state_display().lower()}")
+        return ServerReport(skipped=f"account {account.get_state_display().lower()}: kept for its next sync")
+    if not PendingServerAction.objects.filter(account=account).exists():
+        return ServerReport()  # an earlier task or a sync did it
     try:
         with sync.account_lock(account.pk) as acquired:
             if not acquired:
+                if final_attempt:
+                    return ServerReport(skipped="account busy: kept for its next sync")
                 raise RetryLater(f"account {account.pk} is syncing")
             with imap.connect(services.account_imap_config(account)) as session:
-                return _apply(session, account, action, message_ids)
+                return replay_pending(session, account)
     except errors.MailError as error:
         if error.transient and not final_attempt:
             raise RetryLater(str(error)) from error
-        logger.warning("%s on the server failed for account %s: %s", action, account.pk, error)
+        logger.warning("replaying actions on the server failed for account %s: %s", account.pk, error)
         services.record_connection_failure(account=account, error=error)
         return ServerReport(skipped=error.message)
+
+
+def replay_pending(session: imap.ImapSession, account: EmailAccount) -> ServerReport:
+    """Apply the account's outbox in order over an open session (the caller holds the account's lock).
+    Connection-level errors (transient, authentication) propagate and keep the remaining rows; a command
+    the server refuses drops its row, so that it cannot block every later action and sync."""
+    report = ServerReport()
+    for pending in PendingServerAction.objects.filter(account=account).order_by("pk"):
+        if pending.action in (READ, UNREAD, *OPTIONAL_ON_SERVER):
+            try:
+                done = _apply(session, account, pending.action, [int(pk) for pk in pending.message_ids])
+            except errors.MailError as error:
+                if error.transient or error.needs_reauth:
+                    raise
+                logger.warning("account %s: the server refused %s (%s); dropped", account.pk, pending, error)
+                report.dropped += 1
+            else:
+                report.moved += done.moved
+                report.flagged += done.flagged
+                report.applied += 1
+        else:
+            logger.warning("account %s: unknown server action %r dropped", account.pk, pending.action)
+            report.dropped += 1
+        pending.delete()
+    return report
 
 
 def _apply(session: imap.ImapSession, account: EmailAccount, action: str, message_ids: list[int]) -> ServerReport:

@@ -59,6 +59,7 @@ class EmailAccountAdmin(admin.ModelAdmin):
         "last_success_at",
         "folder_count",
         "message_count",
+        "pending_count",
     ]
     list_filter = ["state", "provider", "auth_kind"]
     search_fields = ["email_address", "user__email"]
@@ -146,6 +147,10 @@ class EmailAccountAdmin(admin.ModelAdmin):
     @admin.display(description="Messages", ordering="message_total")
     def message_count(self, account: EmailAccount) -> int:
         return account.message_total
+
+    @admin.display(description="Changes waiting for the server", ordering="pending_total")
+    def pending_count(self, account: EmailAccount) -> int:
+        return account.pending_total
 
     @admin.display(description="Credentials stored", boolean=True)
     def has_credentials(self, account: EmailAccount) -> bool:

@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404
 
 from crm.models import User
 
-from .models import EmailAccount, EmailMessage, MailFolder, MailSettings
+from .models import EmailAccount, EmailMessage, MailFolder, MailSettings, PendingServerAction
 
 
 def _count_of(model, **filters) -> Coalesce:
@@ -23,7 +23,11 @@ def _count_of(model, **filters) -> Coalesce:
 
 
 def with_counts(queryset: QuerySet[EmailAccount]) -> QuerySet[EmailAccount]:
-    return queryset.annotate(folder_total=_count_of(MailFolder), message_total=_count_of(EmailMessage))
+    return queryset.annotate(
+        folder_total=_count_of(MailFolder),
+        message_total=_count_of(EmailMessage),
+        pending_total=_count_of(PendingServerAction),
+    )
 
 
 def accounts_for_user(user: User) -> QuerySet[EmailAccount]:

@@ -164,6 +164,10 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
     own = own_addresses_for(account)
     folders = discover_folders(account, session)
     report.folders = len(folders)
+    # The CRM's own changes first (outbox of bulk actions): reading the server before would undo them.
+    from .actions import replay_pending
+
+    replay_pending(session, account)
     touched_messages: set[int] = set()
     for folder in folders:
         if folder.initial_synced_at is not None:

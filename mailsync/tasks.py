@@ -88,17 +88,12 @@ def index_mailbox_for_search(entry_ids: list[int]) -> None:
 
 
 @shared_task(bind=True, ignore_result=True, acks_late=True, max_retries=6)
-def apply_action_on_server(self, account_id: int, action: str, message_ids: list[int]) -> None:
-    """A bulk action of the mail lists, repeated in the mail account (mailsync.actions). Retried while the
-    account is syncing or the server fails transiently; then the failure is recorded on the account."""
+def apply_server_actions(self, account_id: int) -> None:
+    """Replay the account's outbox of bulk actions (mailsync.actions) in the mail account. Retried while
+    the account is syncing or the server fails transiently; after that the rows wait for the next sync."""
     from . import actions
 
     try:
-        actions.apply_on_server(
-            account_id=account_id,
-            action=action,
-            message_ids=message_ids,
-            final_attempt=self.request.retries >= self.max_retries,
-        )
+        actions.apply_pending_on_server(account_id=account_id, final_attempt=self.request.retries >= self.max_retries)
     except actions.RetryLater as exc:
         raise self.retry(exc=exc, countdown=20) from exc

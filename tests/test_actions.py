@@ -5,12 +5,20 @@ import datetime as dt
 
 import pytest
 from django.contrib.messages import get_messages
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from mailsync import access, actions, conversation_services, inbox, sync
+from mailsync import access, actions, conversation_services, inbox, services, sync
 from mailsync.inbox import InboxFilters
-from mailsync.models import EmailAccount, EmailMessage, MailFolder, MailSettings, MessageLocation
+from mailsync.models import (
+    EmailAccount,
+    EmailMessage,
+    MailFolder,
+    MailSettings,
+    MessageLocation,
+    PendingServerAction,
+)
 from tests.factories import DealFactory
 from tests.mail_factories import create_message, fast_password_hashing
 from tests.mailservers import make_message
@@ -186,15 +194,33 @@ def test_delete_confirmation_for_someone_elses_threads_is_refused(client, alice,
 def test_crm_only_actions_do_not_touch_the_server(alice, django_capture_on_commit_callbacks, monkeypatch):
     """Without the setting, archive and delete stay in the CRM (S5): no task is even queued."""
     queued = []
-    monkeypatch.setattr("mailsync.tasks.apply_action_on_server.delay", lambda *args: queued.append(args))
+    monkeypatch.setattr("mailsync.tasks.apply_server_actions.delay", queued.append)
     thread = thread_in(alice, "inbox")
     settle(alice)
     with django_capture_on_commit_callbacks(execute=True):
         actions.apply_bulk_action(user=alice, mailbox="inbox", action="archive", thread_ids=[thread.pk])
-    assert queued == []
+    assert queued == [] and not PendingServerAction.objects.exists()
     with django_capture_on_commit_callbacks(execute=True):
         actions.apply_bulk_action(user=alice, mailbox="archive", action="read", thread_ids=[thread.pk])
-    assert [args[1] for args in queued] == ["read"]  # read state is two-way, always
+    account = thread.messages.get().account
+    assert queued == [account.pk]  # read state is two-way, always
+    assert list(PendingServerAction.objects.values_list("account", "action", "message_ids")) == [
+        (account.pk, "read", [thread.messages.get().pk])
+    ]
+
+
+def test_the_outbox_is_written_with_the_crm_change_and_not_without_it(alice, monkeypatch):
+    """The outbox row commits (or rolls back) with the CRM change: a crash after the commit loses nothing."""
+    monkeypatch.setattr("mailsync.tasks.apply_server_actions.delay", lambda account_id: None)
+    thread = thread_in(alice, "inbox")
+    settle(alice)
+    MailSettings.objects.update_or_create(user=alice, defaults={"apply_actions_on_server": True})
+    with pytest.raises(RuntimeError), transaction.atomic():
+        actions.apply_bulk_action(user=alice, mailbox="inbox", action="archive", thread_ids=[thread.pk])
+        raise RuntimeError("the request dies before the commit")
+    assert not PendingServerAction.objects.exists() and listed(alice, "inbox") == [thread.pk]
+    actions.apply_bulk_action(user=alice, mailbox="inbox", action="archive", thread_ids=[thread.pk])
+    assert PendingServerAction.objects.get().action == "archive"  # the task never ran: the row waits
 
 
 # --- on the real server (Dovecot) ---------------------------------------------------------------------
@@ -320,12 +346,30 @@ def test_server_failure_is_recorded_and_the_crm_action_stays(
     account.set_secret("wrong password")
     account.save(update_fields=["secret_encrypted"])
     first = thread_of(account, "First")
-    act(alice, "inbox", "archive", [first], django_capture_on_commit_callbacks)
+    result = act(alice, "inbox", "archive", [first], django_capture_on_commit_callbacks)
     account.refresh_from_db()
     assert account.last_error_code and account.state == EmailAccount.State.NEEDS_REAUTH
     assert len(dovecot.uids(mail_user, "INBOX")) == 2  # nothing moved
     assert listed(alice, "archive") == [first.pk]  # but archived in the CRM
     assert EmailMessage.objects.get(pk=first.messages.get().pk).is_archived
+
+    # Another action while the account needs re-authentication: kept, and the user is told so.
+    second = thread_of(account, "Second")
+    result = act(alice, "inbox", "read", [second], django_capture_on_commit_callbacks)
+    result = act(alice, "inbox", "archive", [second], django_capture_on_commit_callbacks)
+    assert result.waiting == 1 and "when its sync runs again" in result.summary()
+    assert list(PendingServerAction.objects.values_list("action", flat=True)) == ["archive", "read", "archive"]
+
+    # Re-authenticated: the next sync applies them in order before it reads the server.
+    account.set_secret(mail_user.password)  # (this account has no SMTP server for the full re-auth check)
+    account.save(update_fields=["secret_encrypted"])
+    services.record_connection_success(account=account, restart_sync=False)
+    assert sync.sync_account(account.pk).error is None
+    assert dovecot.uids(mail_user, "INBOX") == [] and len(dovecot.uids(mail_user, "Archive")) == 2
+    assert "\\Seen" in dovecot.flags(mail_user, dovecot.uids(mail_user, "Archive")[-1], "Archive")
+    assert not PendingServerAction.objects.exists()
+    assert EmailMessage.objects.filter(account=account).count() == 2  # moved, not duplicated
+    assert set(listed(alice, "archive")) == {first.pk, second.pk} and listed(alice, "inbox") == []
 
 
 @pytest.mark.dovecot
@@ -333,19 +377,69 @@ def test_an_old_uidvalidity_is_not_acted_on(alice, dovecot, mail_user, django_ca
     account = synced_account(alice, dovecot, mail_user)
     first = thread_of(account, "First")
     MessageLocation.objects.filter(message__thread=first).update(uidvalidity=1)  # stale: the server renumbered
-    report = actions.apply_on_server(
-        account_id=account.pk, action="archive", message_ids=list(first.messages.values_list("pk", flat=True))
+    PendingServerAction.objects.create(
+        account=account, action="archive", message_ids=list(first.messages.values_list("pk", flat=True))
     )
-    assert report.moved == 0
+    report = actions.apply_pending_on_server(account_id=account.pk)
+    assert report.moved == 0 and report.applied == 1 and not PendingServerAction.objects.exists()
     assert len(dovecot.uids(mail_user, "INBOX")) == 2
 
 
-def test_paused_account_is_skipped(alice):
+@pytest.mark.dovecot
+def test_read_state_set_while_paused_reaches_the_server_and_survives_the_sync(
+    alice, dovecot, mail_user, django_capture_on_commit_callbacks
+):
+    account = synced_account(alice, dovecot, mail_user, server_actions=False)
+    first = thread_of(account, "First")
+    uid = MessageLocation.objects.get(message__thread=first).uid
+    services.pause_account(account=account)
+    act(alice, "inbox", "read", [first], django_capture_on_commit_callbacks)
+    assert "\\Seen" not in dovecot.flags(mail_user, uid)  # paused: the mail account is not touched
+    services.resume_account(account=account)
+    assert sync.sync_account(account.pk).error is None
+    assert "\\Seen" in dovecot.flags(mail_user, uid)
+    assert EmailMessage.objects.get(account=account, subject="First").is_read  # not undone by the sync
+
+
+@pytest.mark.dovecot
+def test_a_command_the_server_refuses_does_not_block_the_rest(
+    alice, dovecot, mail_user, django_capture_on_commit_callbacks, monkeypatch
+):
+    account = synced_account(alice, dovecot, mail_user)
+    first, second = thread_of(account, "First"), thread_of(account, "Second")
+    services.pause_account(account=account)
+    act(alice, "inbox", "archive", [first], django_capture_on_commit_callbacks)
+    act(alice, "inbox", "archive", [second], django_capture_on_commit_callbacks)
+    refused_once = []
+    real_move = actions.imap.ImapSession.move
+
+    def move(session, uids, destination):
+        if not refused_once:
+            refused_once.append(uids)
+            raise actions.errors.ServerError("MOVE refused", protocol="imap")
+        return real_move(session, uids, destination)
+
+    monkeypatch.setattr(actions.imap.ImapSession, "move", move)
+    services.resume_account(account=account)
+    assert sync.sync_account(account.pk).error is None
+    assert len(dovecot.uids(mail_user, "INBOX")) == 1 and len(dovecot.uids(mail_user, "Archive")) == 1
+    assert not PendingServerAction.objects.exists()
+    assert sync.sync_account(account.pk).error is None
+    assert set(listed(alice, "archive")) == {first.pk, second.pk}  # the CRM state stands either way
+
+
+def test_a_paused_account_keeps_its_outbox_and_a_removed_one_drops_it(alice):
     thread = thread_in(alice, "inbox")
     account = thread.messages.get().account
+    PendingServerAction.objects.create(account=account, action="read", message_ids=[thread.messages.get().pk])
     EmailAccount.objects.filter(pk=account.pk).update(state=EmailAccount.State.PAUSED)
-    report = actions.apply_on_server(account_id=account.pk, action="read", message_ids=[thread.messages.get().pk])
-    assert report.skipped == "account paused" and report.flagged == 0
+    report = actions.apply_pending_on_server(account_id=account.pk)
+    assert report.skipped == "account paused: kept for its next sync" and report.flagged == 0
+    assert PendingServerAction.objects.count() == 1
+    EmailAccount.objects.filter(pk=account.pk).update(state=EmailAccount.State.REMOVED)
+    report = actions.apply_pending_on_server(account_id=account.pk)
+    assert report.skipped == "account removed" and report.dropped == 1
+    assert not PendingServerAction.objects.exists()
 
 
 def test_deleted_mail_is_not_acted_on_again(client, alice):

@@ -380,7 +380,6 @@ def test_idle_wait_reports_new_mail_and_times_out_otherwise(dovecot, mail_user):
         assert len(session.search_all_uids()) == 1  # the connection is usable after IDLE
 
 
-
 def test_poll_changes_reports_mail_delivered_before_idle_started(dovecot, mail_user):
     """IDLE mentions a delivery made before it began only when it ends (after up to 30 s); NOOP at once."""
     with connect(config_for(dovecot, mail_user)) as session:

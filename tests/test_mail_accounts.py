@@ -551,6 +551,18 @@ def test_settings_page_lists_own_accounts_only(alice_client, alice, bob):
     assert 'href="/mail/settings/"' in html  # the navigation link
 
 
+def test_settings_page_says_how_many_changes_wait_for_the_mail_account(alice_client, alice):
+    from mailsync.models import PendingServerAction
+
+    account = plain_account(alice, state=State.PAUSED)
+    html = alice_client.get(reverse("mailsync:settings")).content.decode()
+    assert "still to be made in this mail account" not in html
+    for action in ("archive", "read"):
+        PendingServerAction.objects.create(account=account, action=action, message_ids=[1])
+    html = alice_client.get(reverse("mailsync:settings")).content.decode()
+    assert "2 changes made in the CRM still to be made in this mail account" in html
+
+
 def test_settings_page_htmx_partial_and_wrong_method(alice_client, alice):
     plain_account(alice, state=State.CONNECTING)
     partial = alice_client.get(reverse("mailsync:settings"), **htmx())
