@@ -59,8 +59,8 @@ def inline_image_urls(attachments: Iterable[Attachment]) -> dict[str, str]:
 def allow_remote_images(body_html: str) -> str:
     """Restore the remote image URLs the sanitiser parked, and sanitise again (only http(s) survive)."""
     restored = _REMOTE_SRC.sub(lambda match: f' src="{match.group(1)}"', body_html)
-    # The same policy object parsing uses; sanitize_html itself would park the URLs again.
-    return parsing._HTML_CLEANER.clean(restored)
+    # The same policy parsing uses; sanitize_html itself would park the URLs again.
+    return parsing.clean_markup(restored)
 
 
 def point_inline_images(body_html: str, urls: dict[str, str]) -> str:

@@ -249,6 +249,12 @@ def decode_rfc2047(text: str) -> str:
     return "".join(out)
 
 
+def clean_markup(html: str) -> str:
+    """The nh3 pass of sanitize_html alone (no remote-image parking): for HTML that already went through
+    sanitize_html once and was changed on purpose (the thread view restoring remote image URLs)."""
+    return _HTML_CLEANER.clean(html)
+
+
 def sanitize_html(html: str) -> tuple[str, bool]:
     """Email HTML -> (safe HTML, has_remote_images).
 
