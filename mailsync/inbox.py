@@ -54,7 +54,10 @@ MAILBOXES = {
 LINKED, UNLINKED = "linked", "unlinked"
 CORRESPONDENTS_SHOWN = 3
 WORD_RE = re.compile(r"\w+")
+# Runs of Chinese / Japanese / Korean characters; kept in step with migration 0005 (mailsync_cjk_terms).
+CJK_RUN_RE = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+)")
 MAX_SEARCH_WORDS = 12
+MAX_TSQUERY_TERMS = 32
 ADDRESS_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -214,6 +217,21 @@ def filtered_entries(user: User, mailbox: str, filters: InboxFilters) -> QuerySe
     return entries.order_by("-latest_date", "-thread_id")
 
 
+def _tsquery_terms(words: list[str]) -> list[str]:
+    """tsquery terms for the words: each a prefix; a run of CJK characters as its two-character pieces
+    (the documents hold every such piece), so "会議" finds "明日の会議について"."""
+    terms: list[str] = []
+    for word in words:
+        for part in CJK_RUN_RE.split(word):
+            if not part:
+                continue
+            if CJK_RUN_RE.fullmatch(part) and len(part) > 1:
+                terms.extend(f"'{part[i : i + 2]}'" for i in range(len(part) - 1))
+            else:
+                terms.append(f"'{part}':*")
+    return terms[:MAX_TSQUERY_TERMS]
+
+
 def search(entries: QuerySet[MailboxEntry], query: str) -> QuerySet[MailboxEntry]:
     """Rows with a visible message in the row's mailbox that matches every word of the query."""
     words: list[str] = []
@@ -229,7 +247,7 @@ def search(entries: QuerySet[MailboxEntry], query: str) -> QuerySet[MailboxEntry
     if connection.vendor == "postgresql":
         # Each word is a prefix ('acme':*), so results come while typing; the words have no tsquery
         # operators left (\w only), and PostgreSQL lower-cases them like the documents.
-        tsquery = " & ".join(f"'{word}':*" for word in words)
+        tsquery = " & ".join(_tsquery_terms(words))
         return entries.filter(search_document__document=SearchQuery(tsquery, search_type="raw", config="simple"))
     for word in words:
         matching = _messages_in_entry().filter(

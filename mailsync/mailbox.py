@@ -152,11 +152,15 @@ def index_for_search(entry_ids: Iterable[int]) -> int:
 def _write_documents(ids: list[int]) -> int:
     # Addresses go in whole (exact match) and split at @ . - _ + (so "acme" finds anna@acme-logistics.pl).
     # strip(): positions are not needed (no phrase search) and would make the documents twice as big.
+    # mailsync_cjk_terms (migration 0005): the two-character pieces of Chinese / Japanese / Korean runs,
+    # which the parser would otherwise keep as one unsearchable word.
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {_DOCUMENTS} (entry_id, document)
-            SELECT e.id, strip(to_tsvector('simple', left(string_agg(message.text, ' '), %(total_chars)s)))
+            SELECT grouped.id, strip(to_tsvector('simple', grouped.text || ' ' || mailsync_cjk_terms(grouped.text)))
+            FROM (
+            SELECT e.id, left(string_agg(message.text, ' '), %(total_chars)s) AS text
             FROM {_ENTRIES} e
             CROSS JOIN LATERAL (
                 SELECT concat_ws(' ', m.subject, m.from_name, m.from_address,
@@ -176,6 +180,7 @@ def _write_documents(ids: list[int]) -> int:
             ) message
             WHERE e.id = ANY(%(ids)s)
             GROUP BY e.id
+            ) grouped
             ON CONFLICT (entry_id) DO UPDATE SET document = EXCLUDED.document
             """,  # noqa: S608 (table names from the models; values are parameters)
             {

@@ -406,6 +406,41 @@ def test_search_in_subject_body_and_participants(alice, searchable, query, expec
     assert sorted(found) == sorted(searchable[name].pk for name in expected)
 
 
+@pytest.fixture
+def cjk(alice):
+    threads = {
+        "japanese": thread_in(alice, "inbox", subject="明日の会議について", body_text="東京都庁で話し合いましょう。"),
+        "chinese": thread_in(alice, "inbox", subject="报价单", body_text="我们明天下午开会讨论合同。"),
+        "korean": thread_in(alice, "inbox", subject="회의록", body_text="다음 주에 계약서를 보내드리겠습니다."),
+        "latin": thread_in(alice, "inbox", subject="Tokyo office", body_text="Plain text only."),
+    }
+    settle(alice)
+    return threads
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("会議", ["japanese"]),  # a word in the middle of a run of Japanese text
+        ("議", ["japanese"]),  # one character, even the last of a word
+        ("東京都庁", ["japanese"]),
+        ("京都", ["japanese"]),  # a true substring of 東京都庁
+        ("会談", []),  # both characters occur, but not together: no match
+        ("开会", ["chinese"]),
+        ("合同 报价", ["chinese"]),
+        ("계약서", ["korean"]),
+        ("계약", ["korean"]),  # a word with its particle attached (계약서를)
+        ("tokyo", ["latin"]),
+        ("tokyo 会議", []),
+    ],
+)
+def test_search_in_chinese_japanese_and_korean(alice, cjk, query, expected):
+    if connection.vendor != "postgresql":
+        pytest.skip("the substring fallback finds these anyway")
+    found = listed(alice, filters=InboxFilters(query=query))
+    assert sorted(found) == sorted(cjk[name].pk for name in expected)
+
+
 def test_search_in_archive_and_search_view(client, alice, searchable):
     assert listed(alice, "archive", InboxFilters(query="container")) == [searchable["archived"].pk]
     client.force_login(alice)
