@@ -358,6 +358,8 @@ def remove_account(*, account: EmailAccount) -> EmailAccount:
     locked.secret_encrypted = ""
     locked.next_retry_at = None
     locked.save(update_fields=["state", "removed_at", "secret_encrypted", "next_retry_at", "updated_at"])
+    # Changes still waiting for this mailbox would surprise whoever adds it again, maybe months later.
+    locked.pending_server_actions.all().delete()
     return locked
 
 

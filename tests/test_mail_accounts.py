@@ -614,8 +614,11 @@ def test_pause_and_resume_from_the_page(alice_client, alice, django_capture_on_c
 
 
 def test_remove_confirms_that_mail_is_kept_and_hides_the_account(alice_client, alice):
+    from mailsync.models import PendingServerAction
+
     account = plain_account(alice)
     message_ids = make_messages(account, 2)
+    PendingServerAction.objects.create(account=account, action="archive", message_ids=message_ids)
     confirm = alice_client.get(reverse("mailsync:account_remove", args=[account.pk]))
     assert confirm.status_code == 200 and "Email already synced stays in the CRM" in confirm.content.decode()
     response = alice_client.post(reverse("mailsync:account_remove", args=[account.pk]))
@@ -623,6 +626,7 @@ def test_remove_confirms_that_mail_is_kept_and_hides_the_account(alice_client, a
     account.refresh_from_db()
     assert account.state == State.REMOVED and not account.has_secret
     assert sorted(EmailMessage.objects.filter(account=account).values_list("pk", flat=True)) == message_ids
+    assert not PendingServerAction.objects.exists()  # not replayed if the mailbox is added again later
     assert f'id="account-{account.pk}"' not in alice_client.get(reverse("mailsync:settings")).content.decode()
     assert alice_client.post(reverse("mailsync:account_remove", args=[account.pk])).status_code == 404
 
