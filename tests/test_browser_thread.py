@@ -128,6 +128,21 @@ def test_inline_image_and_right_to_left_text(page, alice, account):
     assert direction == "rtl"
     assert page.evaluate("getComputedStyle(document.querySelector('#thread h1')).direction") == "rtl"
 
+    # On a record's timeline the Hebrew subject keeps to itself: the date after it is not pulled into
+    # its right-to-left run (it once read "23 · <subject> Nov 2026").
+    from mailsync.models import ThreadLink
+    from tests.factories import PersonFactory
+
+    dana = PersonFactory(owner=alice, first_name="Dana", last_name="Levi")
+    ThreadLink.objects.create(thread=rtl_thread, person=dana, state=ThreadLink.State.LINKED, rule="manual")
+    page.goto(dana.get_absolute_url())
+    item = page.locator("#timeline li").first
+    item.locator("time").wait_for()
+    subject_box = item.locator("strong").bounding_box()
+    time_box = item.locator("time").bounding_box()
+    assert time_box["x"] >= subject_box["x"] + subject_box["width"] - 1, (subject_box, time_box)
+    assert item.locator("div.muted[dir=auto]").count() == 1
+
 
 def test_opening_a_thread_from_a_boosted_link_loads_it_as_its_own_document(page, alice, account):
     from mailsync.models import ThreadLink
