@@ -56,3 +56,7 @@ def test_seed_demo_is_idempotent_and_links_the_sample_mail():
     linked = ThreadLink.objects.filter(deal=deal, state=ThreadLink.State.LINKED)
     assert linked.get().thread.messages.count() == 3
     assert User.objects.get(email="demo@example.com").check_password("demo-password-123")
+    # What the demo user sent is read; what others sent arrives unread.
+    sent = EmailMessage.objects.filter(from_address="demo@example.com")
+    assert sent.exists() and not sent.filter(is_read=False).exists()
+    assert not EmailMessage.objects.exclude(from_address="demo@example.com").filter(is_read=True).exists()

@@ -1,6 +1,8 @@
 """Demo data for `make run`: idempotent, so running it on every start is safe."""
 
 from decimal import Decimal
+from email import message_from_bytes
+from email.policy import default
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -111,8 +113,13 @@ class Command(BaseCommand):
                 "state": EmailAccount.State.PAUSED,
             },
         )
-        result = ingest_raw(account, sample_messages(user.email))
-        link_threads(result.thread_ids)
+        # What the owner sent is read, as in any mailbox; the rest arrives unread.
+        raws = sample_messages(user.email)
+        sent = [raw for raw in raws if user.email in str(message_from_bytes(raw, policy=default)["From"] or "")]
+        received = [raw for raw in raws if raw not in sent]
+        thread_ids = set(ingest_raw(account, sent, flags=("\\Seen",)).thread_ids)
+        thread_ids |= set(ingest_raw(account, received).thread_ids)
+        link_threads(sorted(thread_ids))
 
     def _user(self, email, password, *, first_name, last_name, team, role, staff=False) -> User:
         user = User.objects.filter(email=email).first()
