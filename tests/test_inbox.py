@@ -219,7 +219,9 @@ def test_lists_need_a_login(client):
 
 def test_inbox_shows_own_threads_newest_first_with_what_each_row_needs(client, alice):
     deal = DealFactory(owner=alice, title="Big shipment deal")
-    old = thread_in(alice, "inbox", subject="Older question", date=timezone.now() - dt.timedelta(days=2))
+    old = thread_in(
+        alice, "inbox", subject="Older question", date=timezone.now() - dt.timedelta(days=2), has_attachments=True
+    )
     new = thread_in(alice, "inbox", subject="Newest quote", is_read=True)
     conversation_services.link_thread(user=alice, thread=new, record=deal)
     thread_in(alice, "archive", subject="Filed away")
@@ -230,6 +232,8 @@ def test_inbox_shows_own_threads_newest_first_with_what_each_row_needs(client, a
     assert "Filed away" not in page
     assert "Big shipment deal" in page  # link badge
     assert reverse("mailsync:thread_detail", args=[new.pk]) in page
+    # The attachment mark is drawn, not an emoji (headless or minimal systems have no emoji font).
+    assert page.count('aria-label="Has attachments"') == 1 and "<svg" in page
     assert f'<tr class="unread" data-thread="{old.pk}">' in page
     assert f'<tr class="" data-thread="{new.pk}">' in page
     archive = client.get(reverse("mailsync:archive")).content.decode()
