@@ -29,6 +29,7 @@ from .linking import (
 )
 from .mailbox import refresh_mailboxes
 from .models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant, ThreadLink
+from .threads import normalize_subject
 
 # The link form offers at most this many open records of each kind (newest first).
 LINK_CHOICES_LIMIT = 200
@@ -98,7 +99,10 @@ def _images_shown(request: HttpRequest) -> set[int] | None:
 
 def _thread_context(user, thread: EmailThread, *, images_shown: set[int] | None = frozenset()) -> dict:
     thread_messages = list(access.thread_messages(thread))
+    thread_subject = normalize_subject(thread.subject)
     for message in thread_messages:
+        # A reply's own subject is worth a line only when it says something new (not just "Re: ...").
+        message.subject_differs = bool(message.subject) and normalize_subject(message.subject) != thread_subject
         by_role = defaultdict(list)
         for participant in message.participants.all():
             by_role[participant.role].append(participant)

@@ -231,6 +231,15 @@ def test_message_subjects_and_names_are_escaped(alice):
     assert "<b>Ann</b>" not in html
 
 
+def test_a_reply_shows_its_own_subject_only_when_it_says_something_new(alice):
+    thread = create_thread(alice, sender="ann@acme.example", subject="Anvils for 2027", body_text="first")
+    create_message(thread, sender="ann@acme.example", subject="RE: Anvils for 2027", body_text="second")
+    create_message(thread, sender="ann@acme.example", subject="Re: Anvils for 2027 (revised price)", body_text="3")
+    html = open_thread(alice, thread)[0].content.decode()
+    assert "RE: Anvils for 2027" not in html  # just a reply prefix: no extra line
+    assert "Re: Anvils for 2027 (revised price)" in html
+
+
 def test_show_images_in_every_message_when_several_hide_some(alice):
     parked = '<p>Hi</p><img data-remote-src="https://tracker.example/a.gif" alt="a">'
     thread = create_thread(alice, sender="ann@acme.example", body_html=parked, has_remote_images=True)
