@@ -183,6 +183,8 @@ CELERY_TIMEZONE = TIME_ZONE
 # Fernet keys for credentials at rest, comma-separated; the first encrypts, all decrypt (rotation).
 MAILSYNC_ENCRYPTION_KEYS = env_list("MAILSYNC_ENCRYPTION_KEYS")
 MAILSYNC_SYNC_INTERVAL = int(os.environ.get("MAILSYNC_SYNC_INTERVAL", "60"))
+# How often an open mail list asks whether new conversations arrived (a small notice offers to show them).
+MAILSYNC_INBOX_POLL_SECONDS = max(1, int(os.environ.get("MAILSYNC_INBOX_POLL_SECONDS", "20")))
 # Beat (DatabaseScheduler) copies this into the database at start; editable under "Periodic tasks".
 CELERY_BEAT_SCHEDULE = {
     "mailsync-enqueue-due-syncs": {

@@ -175,6 +175,26 @@ def own_entries(user: User) -> QuerySet[MailboxEntry]:
     return MailboxEntry.objects.filter(owner=user)
 
 
+def news_cursor() -> int:
+    """Where "new" starts for a page rendered now: the newest stored message id (ids only grow)."""
+    return EmailMessage.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+
+
+def new_conversations(user: User, mailbox: str, since: int) -> int:
+    """How many of the user's own conversations in `mailbox` got a visible message stored after `since`
+    (a news_cursor()). Reads only the rows added since: cheap enough to ask every few seconds."""
+    if not _can_use_product(user) or mailbox not in MAILBOXES:
+        return 0
+    return (
+        EmailMessage.objects.filter(
+            pk__gt=since, thread__owner=user, mailbox=mailbox, deleted_at__isnull=True, is_blocked=False
+        )
+        .values("thread_id")
+        .distinct()
+        .count()
+    )
+
+
 def mailbox_counts(user: User) -> dict[str, MailboxCount]:
     """Conversations and unread conversations per mailbox, in one query (shown next to the mailbox names,
     so that nobody takes a filter for missing mail)."""

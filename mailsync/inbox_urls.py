@@ -10,4 +10,5 @@ urlpatterns = [
     path("archive/", views.archive, name="archive"),
     path("trash/", views.trash, name="trash"),
     path("actions/", views.bulk_action, name="inbox_action"),
+    path("news/", views.inbox_news, name="inbox_news"),
 ]

@@ -7,12 +7,13 @@ results fragment. Every active filter is shown as a chip that says how many conv
 and how to remove it (F2); the mailbox tabs show the totals.
 """
 
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
@@ -144,6 +145,10 @@ def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
         "next_url": request.get_full_path(),
         "has_accounts": bool(accounts),
     }
+    if not partial:
+        news_query = urlencode({"mailbox": mailbox, "since": lists.news_cursor()})
+        context["news_url"] = f"{reverse('mailsync:inbox_news')}?{news_query}"
+        context["poll_seconds"] = settings.MAILSYNC_INBOX_POLL_SECONDS
     template = "mailsync/inbox/_results.html" if partial else "mailsync/inbox/mailbox.html"
     response = render(request, template, context)
     # The same URL answers with a page or a fragment: caches must keep them apart.
@@ -169,6 +174,30 @@ def archive(request: HttpRequest) -> HttpResponse:
 @require_GET
 def trash(request: HttpRequest) -> HttpResponse:
     return _mailbox_page(request, Mailbox.TRASH)
+
+
+@require_GET
+def inbox_news(request: HttpRequest) -> HttpResponse:
+    """The open list's question "anything new?" (htmx poll): a notice with a link that shows the new
+    conversations, or nothing. Counts only the user's own visible mail."""
+    mailbox = request.GET.get("mailbox", "")
+    since = request.GET.get("since", "")
+    if mailbox not in MAILBOXES or not since.isdigit() or len(since) > 18:
+        return HttpResponse("Unknown list or position.", status=400, content_type="text/plain")
+    if not is_partial_request(request):
+        return redirect(URL_NAMES[mailbox])
+    count = lists.new_conversations(request.user, mailbox, int(since))
+    show_url = reverse(URL_NAMES[mailbox])
+    current = urlsplit(getattr(request.htmx, "current_url_abs_path", None) or "")
+    if current.path == show_url:  # the list as the user sees it (same filters), from its first page
+        query = QueryDict(current.query, mutable=True)
+        query.pop("page", None)
+        show_url = f"{show_url}?{query.urlencode()}" if query else show_url
+    return render(
+        request,
+        "mailsync/inbox/_news.html",
+        {"count": count, "show_url": show_url, "mailbox_label": MAILBOXES[mailbox]},
+    )
 
 
 def _next_url(request: HttpRequest, mailbox: str) -> str:

@@ -81,3 +81,32 @@ def test_filter_search_and_bulk_archive(page, alice):
     expect(page.locator(".messages")).to_contain_text("1 conversation deleted.")
     expect(rows).to_have_count(2)
     expect(page.locator("#results")).not_to_contain_text("Old contract")
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_an_open_inbox_offers_mail_that_arrives_meanwhile(page, alice, settings):
+    from playwright.sync_api import expect
+
+    from tests.test_inbox import settle, thread_in
+
+    settings.MAILSYNC_INBOX_POLL_SECONDS = 1
+    thread_in(alice, "inbox", subject="Already here")
+    settle(alice)
+    browser_login(page, alice)
+    page.click("nav.mainnav >> text=Inbox")
+    rows = page.locator("#results table.mail-list tbody tr")
+    expect(rows).to_have_count(1)
+    rows.first.locator("input[name=thread]").check()  # a selection in progress is not swept away
+
+    thread_in(alice, "inbox", subject="Arrived while looking")  # what a sync stores meanwhile
+    settle(alice)
+    notice = page.locator(".new-mail-notice")
+    expect(notice).to_contain_text("1 new conversation in Inbox.")
+    expect(rows).to_have_count(1)
+    expect(page.locator("[data-selected-count]")).to_have_text("1 selected")
+
+    notice.locator("a", has_text="Show").click()
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("Arrived while looking")
+    expect(page.locator(".new-mail-notice")).to_have_count(0)

@@ -606,3 +606,53 @@ def test_row_dates_are_short_for_recent_mail():
     if now.month > 1:  # earlier this year (January has no earlier month)
         earlier = now.replace(month=1, day=1)
         assert when(earlier) == f"1 {earlier:%b}"
+
+
+# --- "new conversations" notice of an open list ---------------------------------------------------------------
+
+
+def test_new_conversations_counts_own_visible_mail_stored_after_the_cursor(alice, bob):
+    thread_in(alice, "inbox", subject="Before the page")
+    settle(alice)
+    cursor = inbox.news_cursor()
+    assert inbox.new_conversations(alice, "inbox", cursor) == 0
+
+    fresh = thread_in(alice, "inbox", subject="Arrived later")
+    create_message(fresh, sender=ANN, account=fresh.messages.first().account)  # two messages, one conversation
+    thread_in(alice, "archive", subject="Filed elsewhere")
+    thread_in(alice, "inbox", subject="Blocked sender", is_blocked=True)
+    thread_in(alice, "inbox", subject="Deleted", deleted_at=timezone.now())
+    thread_in(bob, "inbox", subject="Bob's own")
+    settle(alice, bob)
+    assert inbox.new_conversations(alice, "inbox", cursor) == 1
+    assert inbox.new_conversations(alice, "archive", cursor) == 1
+    assert inbox.new_conversations(bob, "inbox", cursor) == 1
+    assert inbox.new_conversations(alice, "nonsense", cursor) == 0
+
+
+def test_news_view_answers_the_poll_with_a_notice_or_nothing(client, alice, bob):
+    client.force_login(alice)
+    page = client.get(reverse("mailsync:inbox") + "?unread=1").content.decode()
+    assert 'hx-trigger="every 20s"' in page
+    news_url = reverse("mailsync:inbox_news") + f"?mailbox=inbox&since={inbox.news_cursor()}"
+    assert news_url.replace("&", "&amp;") in page
+
+    htmx = {"HX-Request": "true", "HX-Current-URL": "http://testserver/mail/?unread=1&page=3"}
+    assert client.get(news_url, headers=htmx).content.decode().strip() == ""
+    thread_in(bob, "inbox", subject="Not alice's")
+    settle(bob)
+    assert client.get(news_url, headers=htmx).content.decode().strip() == ""
+    thread_in(alice, "inbox", subject="Fresh")
+    settle(alice)
+    notice = client.get(news_url, headers=htmx).content.decode()
+    assert "1 new conversation in Inbox." in notice
+    assert 'href="/mail/?unread=1"' in notice  # the same filters, from the first page
+
+    elsewhere = {"HX-Request": "true", "HX-Current-URL": "https://evil.example/mail/?x=1"}
+    assert 'href="/mail/"' in client.get(news_url, headers=elsewhere).content.decode()
+    assert client.get(news_url).status_code == 302  # not htmx: the list itself
+    bad = reverse("mailsync:inbox_news") + "?mailbox=inbox&since=-1"
+    assert client.get(bad, headers=htmx).status_code == 400
+    assert client.get(reverse("mailsync:inbox_news") + "?mailbox=x&since=1", headers=htmx).status_code == 400
+    client.logout()
+    assert client.get(news_url, headers=htmx).status_code == 302  # login required
