@@ -198,6 +198,8 @@ class Command(BaseCommand):
             ("archive, page 1", reverse("mailsync:archive")),
             ("sent, page 1", reverse("mailsync:sent")),
             ("deal page with its timeline", reverse("deals:deal_detail", args=[big_deal.pk])),
+            # The open list's poll, with the newest 500 messages counting as arrived since the page.
+            ("htmx new-mail poll", f"{reverse('mailsync:inbox_news')}?mailbox=inbox&since={_recent_cursor(500)}"),
         ]
         client = Client()
         client.force_login(user)
@@ -231,6 +233,11 @@ class Command(BaseCommand):
     def _say(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
+
+
+def _recent_cursor(back: int) -> int:
+    ids = EmailMessage.objects.order_by("-pk").values_list("pk", flat=True)[:back]
+    return min(ids, default=0)
 
 
 def _count():
