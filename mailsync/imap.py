@@ -512,9 +512,7 @@ class ImapSession:
         timeout = max(0.0, min(timeout, IDLE_MAX_SECONDS))
         if not self.has_capability("IDLE"):
             time.sleep(timeout)
-            with _classified(self._config):
-                _, responses = self._client.noop()
-            return any(_is_change(r) for r in responses)
+            return self.poll_changes()
         with _classified(self._config):
             self._client.idle()
             try:
