@@ -1,0 +1,20 @@
+"""Sync: a mail account's server -> the database, exactly once, and the CRM's changes -> the server.
+
+Owns:
+- `engine`: one sync run of one account (folders and their roles, incremental CONDSTORE / QRESYNC
+  passes, the initial and past-email windows, server deletions) and which accounts are due;
+- `lock`: one sync per account at a time (PostgreSQL advisory lock, or a lease row on SQLite);
+- `outbox`: replay of the CRM's changes that the server must hear of (read state, archive, delete),
+  in order, before every sync reads the server and from its own task;
+- `ingest`: raw messages (fetched, imported from files, or filed by Smart BCC) -> stored mail:
+  identity, upserts, attachments, locations, then list placement and the follow-up work;
+- `threads`: conversation threading (references, provider thread ids, subjects);
+- `parsing`: raw RFC 5322 bytes -> ParsedEmail, pure Python (no Django), safe on hostile input;
+- `watcher`: the IDLE watcher that syncs an account within seconds of new mail;
+- `tasks`: the Celery tasks of sync (`sync_account`, `enqueue_due_syncs`, `apply_server_actions`).
+
+May import: `linking` (follow-up linking and blocking after ingestion), `mailboxes`, `connection` (how
+to reach an account's server and record a failure), `models`, `protocols`, and `crm` / `contacts`.
+Never `accounts`, `inbound`, `sending`, `workspace` or the entry points: they start syncs, sync
+never calls them.
+"""
