@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404
 
 from crm.models import User
 from crm.records import filter_by_terms
-from mailsync.access import timeline_for
+from mailsync.linking.access import timeline_for
 
 from .models import Organization, OrganizationDomain, Person, PersonEmail
 

@@ -25,6 +25,6 @@ def mail_attention(request: HttpRequest) -> dict:
         return {}
     from django.utils.functional import SimpleLazyObject
 
-    from mailsync.health import accounts_needing_attention
+    from mailsync.accounts.health import accounts_needing_attention
 
     return {"mail_attention": SimpleLazyObject(lambda: accounts_needing_attention(user))}

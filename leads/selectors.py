@@ -7,7 +7,7 @@ from contacts.models import Organization, Person
 from contacts.selectors import visible_organization_prefetch, visible_person_prefetch
 from crm.models import User
 from crm.records import filter_by_terms
-from mailsync.access import timeline_for
+from mailsync.linking.access import timeline_for
 
 from .models import Lead
 

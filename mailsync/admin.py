@@ -6,8 +6,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import imap, selectors, services
+from .accounts import selectors, services
 from .models import AccountAddress, EmailAccount, MailFolder
+from .protocols import imap
 
 
 class EmailAccountAdminForm(forms.ModelForm):

@@ -10,7 +10,8 @@ import logging
 from celery import shared_task
 from django.db import transaction
 
-from . import linking, sync
+from .linking import rules as linking
+from .sync import engine as sync
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def relink_threads_after_commit(thread_ids) -> None:
 
 
 def threads_linked_to(record) -> list[int]:
-    from .linking import target_field_for
+    from mailsync.linking.rules import target_field_for
+
     from .models import ThreadLink
 
     return list(ThreadLink.objects.filter(**{target_field_for(record): record}).values_list("thread_id", flat=True))
@@ -82,7 +84,7 @@ def threads_linked_to(record) -> list[int]:
 @shared_task(ignore_result=True)
 def index_mailbox_for_search(entry_ids: list[int]) -> None:
     """Search documents of mail list rows that changed (mailsync.mailbox: kept out of the ingest transaction)."""
-    from . import mailbox
+    from .mailboxes import placement as mailbox
 
     mailbox.index_for_search(entry_ids)
 
@@ -91,7 +93,7 @@ def index_mailbox_for_search(entry_ids: list[int]) -> None:
 def apply_server_actions(self, account_id: int) -> None:
     """Replay the account's outbox of bulk actions (mailsync.actions) in the mail account. Retried while
     the account is syncing or the server fails transiently; after that the rows wait for the next sync."""
-    from . import actions
+    from .workspace import actions
 
     try:
         actions.apply_pending_on_server(account_id=account_id, final_attempt=self.request.retries >= self.max_retries)

@@ -1,12 +1,12 @@
 from django.urls import include, path
 
-from . import views
+from .workspace import settings_views as views
 
 app_name = "mailsync"
 
 urlpatterns: list = [
-    path("", include("mailsync.conversation_urls")),
-    path("", include("mailsync.inbox_urls")),
+    path("", include("mailsync.workspace.conversation_urls")),
+    path("", include("mailsync.workspace.inbox_urls")),
     # Settings > Email sync: mail accounts
     path("settings/", views.settings_page, name="settings"),
     path("settings/accounts/add/", views.account_add, name="account_add"),

@@ -8,7 +8,7 @@ from contacts.selectors import visible_organization_prefetch, visible_person_pre
 from crm.models import User
 from crm.records import filter_by_terms
 from deals.models import Deal
-from mailsync.access import timeline_for
+from mailsync.linking.access import timeline_for
 
 from .models import Project
 

@@ -22,7 +22,7 @@ from mailsync.models import (
     MessageParticipant,
     ThreadLink,
 )
-from mailsync.parsing import message_id_key
+from mailsync.sync.parsing import message_id_key
 from tests.factories import UserFactory
 
 

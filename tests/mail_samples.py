@@ -8,8 +8,8 @@ import base64
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from mailsync.ingest import ingest_raw
 from mailsync.models import EmailAccount, EmailThread
+from mailsync.sync.ingest import ingest_raw
 
 # A 1x1 PNG (red pixel).
 PIXEL_PNG = base64.b64decode(

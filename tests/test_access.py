@@ -8,9 +8,10 @@ from django.http import Http404
 from django.utils import timezone
 
 from crm.models import Visibility
-from mailsync import access, conversation_services
-from mailsync.linking import link_threads
+from mailsync.linking import access
+from mailsync.linking.rules import link_threads
 from mailsync.models import EmailMessage, EmailThread, MailSettings, ThreadLink
+from mailsync.workspace import conversation_services
 from tests.factories import (
     DealFactory,
     LeadFactory,
@@ -225,7 +226,7 @@ def test_lead_and_project_timelines(alice):
 
 
 def test_retroactive_link_reaches_the_timeline_subject_to_visibility(alice, bob):
-    from mailsync.linking import relink_for_addresses
+    from mailsync.linking.rules import relink_for_addresses
 
     shared = create_thread(alice, sender="zed@new.example", visibility=SHARED)
     private = create_thread(alice, sender="zed@new.example", visibility=PRIVATE)

@@ -9,8 +9,8 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from mailsync import access, actions, conversation_services, inbox, services, sync
-from mailsync.inbox import InboxFilters
+from mailsync.accounts import services
+from mailsync.linking import access
 from mailsync.models import (
     EmailAccount,
     EmailMessage,
@@ -19,6 +19,9 @@ from mailsync.models import (
     MessageLocation,
     PendingServerAction,
 )
+from mailsync.sync import engine as sync
+from mailsync.workspace import actions, conversation_services, inbox
+from mailsync.workspace.inbox import InboxFilters
 from tests.factories import DealFactory
 from tests.mail_factories import create_message, fast_password_hashing
 from tests.mailservers import make_message

@@ -5,10 +5,11 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from mailsync import blocking, conversation_services
-from mailsync.access import timeline_for, visible_messages, visible_threads
-from mailsync.linking import link_threads
+from mailsync.linking import blocking
+from mailsync.linking.access import timeline_for, visible_messages, visible_threads
+from mailsync.linking.rules import link_threads
 from mailsync.models import BlockedAddress, EmailMessage
+from mailsync.workspace import conversation_services
 from tests.factories import PersonEmailFactory, PersonFactory
 from tests.mail_factories import (
     AccountAddressFactory,

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import browser_login
-from mailsync import sync
 from mailsync.models import EmailAccount
+from mailsync.sync import engine as sync
 from tests.test_sync import deliver, live, make_account
 
 pytestmark = [pytest.mark.browser, pytest.mark.dovecot, pytest.mark.django_db(transaction=True)]

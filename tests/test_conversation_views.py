@@ -9,7 +9,7 @@ from django.utils.html import strip_tags
 
 from conftest import client_for
 from crm.models import Visibility
-from mailsync.linking import link_threads
+from mailsync.linking.rules import link_threads
 from mailsync.models import BlockedAddress, EmailAccount, EmailMessage, EmailThread, MailSettings, ThreadLink
 from tests.factories import DealFactory, PersonEmailFactory, PersonFactory
 from tests.mail_factories import AttachmentFactory, create_message, create_thread, fast_password_hashing

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from conftest import client_for
 from crm.context_processors import mail_attention
-from mailsync import health
+from mailsync.accounts import health
 from mailsync.models import EmailAccount
 from tests.mail_factories import EmailAccountFactory, create_thread
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from mailsync import errors
-from mailsync.imap import Folder, ImapConfig, assign_roles, connect, parse_uid_set
+from mailsync.protocols import errors
+from mailsync.protocols.imap import Folder, ImapConfig, assign_roles, connect, parse_uid_set
 from tests.mailservers import LineServer, make_message
 
 pytestmark = pytest.mark.dovecot

@@ -11,8 +11,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from crm.models import Visibility
-from mailsync import access, conversation_services, inbox, mailbox, sync
-from mailsync.inbox import InboxFilters
+from mailsync.linking import access
+from mailsync.mailboxes import placement as mailbox
 from mailsync.models import (
     EmailMessage,
     EmailThread,
@@ -21,6 +21,9 @@ from mailsync.models import (
     MailFolder,
     MessageLocation,
 )
+from mailsync.sync import engine as sync
+from mailsync.workspace import conversation_services, inbox
+from mailsync.workspace.inbox import InboxFilters
 from tests.factories import DealFactory, PersonEmailFactory, PersonFactory
 from tests.mail_factories import EmailAccountFactory, create_message, create_thread, fast_password_hashing
 from tests.mailservers import make_message
@@ -594,7 +597,7 @@ def test_huge_conversations_are_indexed_within_limits(alice):
 
 
 def test_row_dates_are_short_for_recent_mail():
-    from mailsync.inbox import ThreadRow
+    from mailsync.workspace.inbox import ThreadRow
 
     def when(moment):
         return ThreadRow(entry=MailboxEntry(latest_date=moment), correspondents=[]).when

@@ -1,4 +1,4 @@
-"""mailsync.ingest: batches of raw messages -> stored mail, exactly once, crash-safe, in few queries."""
+"""mailsync.sync.ingest: batches of raw messages -> stored mail, exactly once, crash-safe, in few queries."""
 
 import threading
 from datetime import UTC, datetime, timedelta
@@ -9,8 +9,6 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from mailsync import ingest
-from mailsync.ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, ingest_raw, own_addresses_for
 from mailsync.models import (
     AccountAddress,
     Attachment,
@@ -21,7 +19,9 @@ from mailsync.models import (
     MessageLocation,
     MessageParticipant,
 )
-from mailsync.parsing import parse_message
+from mailsync.sync import ingest
+from mailsync.sync.ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, ingest_raw, own_addresses_for
+from mailsync.sync.parsing import parse_message
 
 BASE_DATE = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
 

@@ -9,8 +9,7 @@ from contacts.models import PersonEmail
 from crm.models import Visibility
 from deals.models import Deal
 from leads.models import Lead
-from mailsync import conversation_services
-from mailsync.linking import (
+from mailsync.linking.rules import (
     MASS_EMAIL_PARTICIPANTS,
     link_threads,
     relink_for_addresses,
@@ -21,6 +20,7 @@ from mailsync.linking import (
     suggestions_for_thread,
 )
 from mailsync.models import MailSettings, ThreadLink
+from mailsync.workspace import conversation_services
 from projects.models import Project
 from tests.factories import (
     DealFactory,

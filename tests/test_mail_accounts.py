@@ -15,8 +15,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from conftest import client_for
-from mailsync import crypto, errors, oauth, providers, services, tasks
-from mailsync.models import AccountAddress, AuthKind, EmailAccount, EmailMessage, EmailThread, MailFolder
+from mailsync import tasks
+from mailsync.accounts import providers, services
+from mailsync.models import AccountAddress, AuthKind, EmailAccount, EmailMessage, EmailThread, MailFolder, crypto
+from mailsync.protocols import errors, oauth
 
 State = EmailAccount.State
 pytestmark = pytest.mark.usefixtures("celery_eager")
@@ -942,7 +944,7 @@ def test_admin_can_trust_a_custom_ca_but_not_garbage(support, alice, test_ca):
 def test_reserved_domains_are_not_looked_up_in_dns(monkeypatch):
     import dns.resolver
 
-    from mailsync import providers
+    from mailsync.accounts import providers
 
     def no_dns(*args, **kwargs):
         raise AssertionError("DNS must not be asked about a reserved domain")

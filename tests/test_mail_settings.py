@@ -12,8 +12,8 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from conftest import client_for
-from mailsync import sync
 from mailsync.models import EmailAccount, EmailMessage, EmailThread, MailFolder, MailSettings
+from mailsync.sync import engine as sync
 from tests.mail_factories import EmailAccountFactory, create_thread
 from tests.mailservers import make_message
 from tests.test_sync import deliver, live, make_account

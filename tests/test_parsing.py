@@ -1,4 +1,4 @@
-"""mailsync.parsing: bytes -> ParsedEmail, on the real-world corpus and on crafted edge cases."""
+"""mailsync.sync.parsing: bytes -> ParsedEmail, on the real-world corpus and on crafted edge cases."""
 # ruff: noqa: RUF001  (the test data is deliberately multilingual: dashes, Hebrew, full-width commas)
 
 import hashlib
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsync.parsing import (
+from mailsync.sync.parsing import (
     RECEIVED,
     SENT,
     ParsedEmail,

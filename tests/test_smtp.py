@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from mailsync import errors, smtp
-from mailsync.smtp import SmtpConfig
+from mailsync.protocols import errors, smtp
+from mailsync.protocols.smtp import SmtpConfig
 
 pytestmark = pytest.mark.smtp
 

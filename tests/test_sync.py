@@ -12,8 +12,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from mailsync import sync
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation
+from mailsync.sync import engine as sync
 from tests.mailservers import make_message
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.django_db]
@@ -382,7 +382,7 @@ def test_the_whole_corpus_syncs_over_imap_without_a_crash(account, dovecot, mail
 @pytest.mark.django_db(transaction=True)
 def test_idle_watcher_does_not_miss_mail_arriving_right_after_its_catch_up(alice, dovecot, mail_user):
     """A message delivered between the watcher's catch-up sync and the start of IDLE still comes at once."""
-    from mailsync.watcher import AccountWatcher
+    from mailsync.sync.watcher import AccountWatcher
 
     account = make_account(alice, mail_user, dovecot)
 
@@ -406,7 +406,7 @@ def test_idle_watcher_does_not_miss_mail_arriving_right_after_its_catch_up(alice
 
 @pytest.mark.django_db(transaction=True)
 def test_idle_watcher_brings_new_mail_within_seconds(alice, dovecot, mail_user):
-    from mailsync.watcher import AccountWatcher
+    from mailsync.sync.watcher import AccountWatcher
 
     account = make_account(alice, mail_user, dovecot)
     watcher = AccountWatcher(account.pk, interval=600)  # only IDLE can explain a fast arrival

@@ -9,8 +9,8 @@ from django.urls import NoReverseMatch, reverse
 
 from conftest import client_for
 from crm.models import Visibility
-from mailsync import display
 from mailsync.models import Attachment, EmailMessage, EmailThread, MailSettings, ThreadLink
+from mailsync.workspace import display
 from tests.factories import DealFactory
 from tests.mail_factories import AttachmentFactory, EmailAccountFactory, create_message, create_thread
 from tests.mail_samples import PIXEL_PNG, hostile_email, ingest, inline_image_email, rtl_email
@@ -282,7 +282,7 @@ def test_thread_page_queries_do_not_grow_with_messages(alice):
 def test_opening_a_synced_thread_marks_it_read_on_the_server_too(
     alice, dovecot, mail_user, django_capture_on_commit_callbacks
 ):
-    from mailsync import sync
+    from mailsync.sync import engine as sync
     from tests.mailservers import make_message
     from tests.test_sync import make_account
 

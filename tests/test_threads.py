@@ -1,13 +1,13 @@
-"""mailsync.threads: which conversation a message belongs to, through the real ingestion path."""
+"""mailsync.sync.threads: which conversation a message belongs to, through the real ingestion path."""
 
 from datetime import timedelta
 
 import pytest
 
-from mailsync.ingest import ingest_batch, ingest_raw
 from mailsync.models import EmailAccount, EmailMessage, EmailThread, MailFolder, MailSettings, ThreadLink
-from mailsync.parsing import parse_message
-from mailsync.threads import assign_threads, has_reply_prefix, normalize_subject
+from mailsync.sync.ingest import ingest_batch, ingest_raw
+from mailsync.sync.parsing import parse_message
+from mailsync.sync.threads import assign_threads, has_reply_prefix, normalize_subject
 from tests.factories import PersonFactory
 from tests.test_ingest import BASE_DATE, build_message
 

@@ -21,8 +21,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from crm.models import User
-
-from .models import EmailAccount
+from mailsync.models import EmailAccount
 
 State = EmailAccount.State
 

@@ -6,8 +6,7 @@ from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 
 from crm.models import User
-
-from .models import EmailAccount, EmailMessage, MailFolder, MailSettings, PendingServerAction
+from mailsync.models import EmailAccount, EmailMessage, MailFolder, MailSettings, PendingServerAction
 
 
 def _count_of(model, **filters) -> Coalesce:
@@ -49,7 +48,7 @@ def find_account(user: User, email_address: str) -> EmailAccount | None:
 
 def folders_by_role(folders) -> list[MailFolder]:
     """Inbox, Sent, Archive... first, then the others by name (the order the sync engine uses)."""
-    from .sync import ROLE_ORDER
+    from mailsync.sync.engine import ROLE_ORDER
 
     return sorted(folders, key=lambda folder: (ROLE_ORDER.get(folder.role, 4), folder.name.lower()))
 

@@ -21,9 +21,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from crm.models import User
+from mailsync.models import AccountAddress, AuthKind, EmailAccount, MailFolder, crypto
+from mailsync.protocols import errors, imap, oauth, smtp
 
-from . import crypto, errors, imap, oauth, providers, smtp
-from .models import AccountAddress, AuthKind, EmailAccount, MailFolder
+from . import providers
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def check_account(account: EmailAccount, *, secret: str | None = None) -> None:
 
 
 def _enqueue_sync(account_id: int) -> None:
-    from . import tasks
+    from mailsync import tasks
 
     transaction.on_commit(lambda: tasks.sync_account.delay(account_id))
 

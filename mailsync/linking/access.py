@@ -18,9 +18,8 @@ from contacts.models import Organization, Person
 from crm.models import User
 from deals.models import Deal
 from leads.models import Lead
+from mailsync.models import Attachment, EmailMessage, EmailThread, ThreadLink
 from projects.models import Project
-
-from .models import Attachment, EmailMessage, EmailThread, ThreadLink
 
 TIMELINE_LIMIT = 50
 

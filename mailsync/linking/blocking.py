@@ -28,10 +28,10 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from crm.addresses import normalize_domain, normalize_email
 from crm.models import User
+from mailsync.mailboxes.placement import refresh_user_mailboxes
+from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant
 
-from .linking import own_addresses
-from .mailbox import refresh_user_mailboxes
-from .models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant
+from .rules import own_addresses
 
 SENDER_ROLES = (MessageParticipant.Role.FROM, MessageParticipant.Role.SENDER)
 RECIPIENT_ROLES = (MessageParticipant.Role.TO, MessageParticipant.Role.CC, MessageParticipant.Role.BCC)

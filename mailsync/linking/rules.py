@@ -38,10 +38,10 @@ from crm.addresses import is_free_mail_domain, normalize_domain, normalize_email
 from crm.models import User
 from deals.models import Deal
 from leads.models import Lead
+from mailsync.models import AccountAddress, EmailAccount, EmailThread, MailSettings, MessageParticipant, ThreadLink
 from projects.models import Project
 
 from .access import thread_links_for_user
-from .models import AccountAddress, EmailAccount, EmailThread, MailSettings, MessageParticipant, ThreadLink
 
 MASS_EMAIL_PARTICIPANTS = 50
 # Threads are linked in batches of this many: the number of queries per batch is constant.

@@ -37,7 +37,7 @@ from django.db import DataError, connection, transaction
 from django.db.models import Count, Exists, Max, OuterRef
 from django.db.models.functions import Coalesce
 
-from .models import (
+from mailsync.models import (
     EmailMessage,
     EmailThread,
     Mailbox,
@@ -220,7 +220,7 @@ def _refresh(message_ids: Iterable[int], thread_ids: Iterable[int]) -> list[int]
 
 
 def _enqueue_search_indexing(entry_ids: list[int]) -> None:
-    from . import tasks
+    from mailsync import tasks
 
     tasks.index_mailbox_for_search.delay(entry_ids)
 
@@ -229,7 +229,7 @@ def _lock_owners(message_ids: list[int], thread_ids: list[int]) -> None:
     """Take the mail lock of every owner concerned (mailsync.ingest.lock_owner_mail), in one query."""
     if connection.vendor != "postgresql":
         return  # SQLite serialises writers itself
-    from .ingest import INGEST_LOCK_NAMESPACE  # ingest imports this module
+    from mailsync.sync.ingest import INGEST_LOCK_NAMESPACE  # ingest imports this module
 
     with connection.cursor() as cursor:
         cursor.execute(

@@ -23,7 +23,7 @@ import hashlib
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
-from . import errors
+from mailsync.protocols import errors
 
 
 class CredentialsUnreadable(errors.AuthFailed):

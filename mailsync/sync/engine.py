@@ -36,11 +36,11 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from contacts.models import PersonEmail
+from mailsync.mailboxes.placement import refresh_mailboxes
+from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation
+from mailsync.protocols import errors, imap
 
-from . import errors, imap
 from .ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, own_addresses_for
-from .mailbox import refresh_mailboxes
-from .models import EmailAccount, EmailMessage, MailFolder, MessageLocation
 from .parsing import parse_message
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def sync_account(account_id: int, *, time_budget: float = DEFAULT_TIME_BUDGET, s
             if session is not None:
                 _run(account, session, report, time_budget)
             else:
-                from .services import account_imap_config
+                from mailsync.accounts.services import account_imap_config
 
                 with imap.connect(account_imap_config(account)) as new_session:
                     _run(account, new_session, report, time_budget)
@@ -165,7 +165,7 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
     folders = discover_folders(account, session)
     report.folders = len(folders)
     # The CRM's own changes first (outbox of bulk actions): reading the server before would undo them.
-    from .actions import replay_pending
+    from mailsync.workspace.actions import replay_pending
 
     replay_pending(session, account)
     touched_messages: set[int] = set()
@@ -614,7 +614,7 @@ def _record_success(account: EmailAccount, report: SyncReport) -> None:
 
 
 def _record_failure(account: EmailAccount, error: errors.MailError) -> None:
-    from .services import record_connection_failure
+    from mailsync.accounts.services import record_connection_failure
 
     record_connection_failure(account=account, error=error)
 

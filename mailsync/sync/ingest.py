@@ -41,10 +41,9 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from crm.addresses import normalize_email
-
-from .linking import own_addresses
-from .mailbox import place, refresh_mailboxes
-from .models import (
+from mailsync.linking.rules import own_addresses
+from mailsync.mailboxes.placement import place, refresh_mailboxes
+from mailsync.models import (
     Attachment,
     EmailAccount,
     EmailMessage,
@@ -52,6 +51,7 @@ from .models import (
     MessageLocation,
     MessageParticipant,
 )
+
 from .parsing import SENT, ParsedEmail, parse_many, parse_message
 from .threads import assign_threads, insert_rows, refresh_thread_stats
 
@@ -111,7 +111,8 @@ def on_threads_changed(thread_ids: set[int]) -> None:
     flags (mailsync.blocking.recompute_blocked_for_threads) plug in here; both are idempotent, so a
     crash between commit and this call is repaired by the next sync or a relink.
     """
-    from . import blocking, tasks
+    from mailsync import tasks
+    from mailsync.linking import blocking
 
     ids = sorted(thread_ids)
     if not ids:
@@ -161,7 +162,7 @@ class ParsePool:
 
     def __init__(self, workers: int | None = None, chunk_size: int = 50):
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mailsync.parsing"])
+        context.set_forkserver_preload(["mailsync.sync.parsing"])
         self.chunk_size = chunk_size
         # Default: one core is left to the writing process (and PostgreSQL, often on the same machine);
         # on 2 cores one parser already outpaces the database writes.

@@ -33,7 +33,8 @@ from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, Left
 from django.utils import timezone
 
-from .models import EmailMessage, EmailThread, MailSettings, MessageParticipant, ThreadLink, ThreadReference
+from mailsync.models import EmailMessage, EmailThread, MailSettings, MessageParticipant, ThreadLink, ThreadReference
+
 from .parsing import ParsedEmail, message_id_key
 
 SUBJECT_WINDOW = timedelta(days=60)

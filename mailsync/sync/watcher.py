@@ -15,8 +15,10 @@ import time
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from . import errors, imap, sync
-from .models import EmailAccount
+from mailsync.models import EmailAccount
+from mailsync.protocols import errors, imap
+
+from . import engine as sync
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class AccountWatcher(threading.Thread):
             connection.close()
 
     def _watch(self) -> None:
-        from .services import account_imap_config
+        from mailsync.accounts.services import account_imap_config
 
         account = self._account()
         if account is None:

@@ -10,7 +10,7 @@ from django import template
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
-from ..models import MailSettings
+from mailsync.models import MailSettings
 
 register = template.Library()
 

@@ -37,11 +37,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from crm.models import User
-
-from . import errors, imap
-from .inbox import MAILBOXES, own_entries
-from .mailbox import refresh_mailboxes
-from .models import (
+from mailsync.mailboxes.placement import refresh_mailboxes
+from mailsync.models import (
     EmailAccount,
     EmailMessage,
     Mailbox,
@@ -50,6 +47,9 @@ from .models import (
     MessageLocation,
     PendingServerAction,
 )
+from mailsync.protocols import errors, imap
+
+from .inbox import MAILBOXES, own_entries
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def preview(user: User, *, mailbox: str, action: str, thread_ids) -> Selection:
 @transaction.atomic
 def apply_bulk_action(*, user: User, mailbox: str, action: str, thread_ids) -> ActionResult:
     """Apply `action` to the user's conversations `thread_ids` in `mailbox` (CRM now, server after commit)."""
-    from .ingest import lock_owner_mail
+    from mailsync.sync.ingest import lock_owner_mail
 
     _validate(mailbox, action)
     # The owner's mail lock, as ingestion takes it: a batch arriving meanwhile waits, then sees this state.
@@ -204,7 +204,7 @@ def _enqueue_server_work(action: str, message_ids: list[int]) -> int:
     )
 
     def enqueue() -> None:
-        from . import tasks
+        from mailsync import tasks
 
         for account in active:
             tasks.apply_server_actions.delay(account.pk)
@@ -233,7 +233,8 @@ def apply_pending_on_server(*, account_id: int, final_attempt: bool = True) -> S
     """Replay an account's outbox on the mail server. Never raises a mail error: failures are recorded on
     the account (the rows stay for the next sync), except transient ones before the final attempt
     (RetryLater)."""
-    from . import services, sync
+    from mailsync.accounts import services
+    from mailsync.sync import engine as sync
 
     account = EmailAccount.objects.filter(pk=account_id).first()
     if account is None:

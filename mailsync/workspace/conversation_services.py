@@ -17,12 +17,11 @@ from django.utils import timezone
 
 from contacts.models import Person, PersonEmail
 from crm.models import User
-
-from . import blocking
-from .access import can_change_visibility, visible_threads
-from .linking import MANUAL, link_target, link_threads, own_addresses, target_field_for
-from .mailbox import refresh_user_mailboxes
-from .models import BlockedAddress, EmailMessage, EmailThread, MailSettings, MessageParticipant, ThreadLink
+from mailsync.linking import blocking
+from mailsync.linking.access import can_change_visibility, visible_threads
+from mailsync.linking.rules import MANUAL, link_target, link_threads, own_addresses, target_field_for
+from mailsync.mailboxes.placement import refresh_user_mailboxes
+from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MailSettings, MessageParticipant, ThreadLink
 
 
 def _record_visible(user: User, record: models.Model) -> bool:

@@ -16,9 +16,8 @@ from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from crm.records import is_partial_request
-
-from . import access, actions, conversation_services, display
-from .linking import (
+from mailsync.linking import access
+from mailsync.linking.rules import (
     LINKABLE_MODELS,
     RECORD_KINDS,
     RECORD_MODELS,
@@ -27,9 +26,11 @@ from .linking import (
     rule_label,
     target_field_for,
 )
-from .mailbox import refresh_mailboxes
-from .models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant, ThreadLink
-from .threads import normalize_subject
+from mailsync.mailboxes.placement import refresh_mailboxes
+from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant, ThreadLink
+from mailsync.sync.threads import normalize_subject
+
+from . import actions, conversation_services, display
 
 # The link form offers at most this many open records of each kind (newest first).
 LINK_CHOICES_LIMIT = 200

@@ -19,8 +19,8 @@ from urllib.parse import unquote
 
 from django.urls import reverse
 
-from . import parsing
-from .models import Attachment, EmailMessage
+from mailsync.models import Attachment, EmailMessage
+from mailsync.sync import parsing
 
 _REMOTE_SRC = re.compile(r' data-remote-src="([^"]*)"')
 _CID_SRC = re.compile(r' src="cid:([^"]*)"', re.IGNORECASE)

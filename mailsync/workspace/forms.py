@@ -5,8 +5,8 @@ import re
 
 from django import forms
 
-from . import providers
-from .models import Security
+from mailsync.accounts import providers
+from mailsync.models import Security
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+$")
@@ -144,7 +144,7 @@ class MailPreferencesForm(forms.Form):
     email_link_preference = forms.ChoiceField(widget=forms.RadioSelect)
 
     def __init__(self, *args, **kwargs):
-        from .models import EmailThread, MailSettings
+        from mailsync.models import EmailThread, MailSettings
 
         super().__init__(*args, **kwargs)
         self.fields["linking_mode"].choices = MailSettings.LinkingMode.choices

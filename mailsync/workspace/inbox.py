@@ -30,10 +30,8 @@ from django.utils import timezone
 from crm.addresses import normalize_email
 from crm.models import User
 from crm.records import search_terms
-
-from .access import visible_target_condition
-from .conversation_services import from_existing_contact
-from .models import (
+from mailsync.linking.access import visible_target_condition
+from mailsync.models import (
     EmailAccount,
     EmailMessage,
     EmailThread,
@@ -43,6 +41,8 @@ from .models import (
     MessageParticipant,
     ThreadLink,
 )
+
+from .conversation_services import from_existing_contact
 
 PAGE_SIZE = 50
 MAILBOXES = {

@@ -21,11 +21,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from crm.records import is_partial_request, live_filter_fields
+from mailsync.models import Mailbox
 
 from . import actions
 from . import inbox as lists  # the view below is called `inbox`
 from .inbox import LINKED, MAILBOXES, UNLINKED, InboxFilters
-from .models import Mailbox
 
 MAX_QUERY_LENGTH = 200
 URL_NAMES = {

@@ -11,16 +11,17 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from crm.models import User
+from mailsync.models import EmailAccount, MailFolder, MailSettings
+from mailsync.sync import engine as sync
 
-from . import conversation_services, sync
-from .models import EmailAccount, MailFolder, MailSettings
+from . import conversation_services
 
 State = EmailAccount.State
 PAST_SYNC_MONTHS = (1, 3, 6, 12)
 
 
 def _enqueue_sync(account_id: int) -> None:
-    from . import tasks
+    from mailsync import tasks
 
     transaction.on_commit(lambda: tasks.sync_account.delay(account_id))
 

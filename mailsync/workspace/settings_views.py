@@ -18,10 +18,13 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import crypto, errors, health, oauth, preferences, providers, selectors, services
+from mailsync.accounts import health, providers, selectors, services
+from mailsync.models import AuthKind, BlockedAddress, EmailAccount, crypto
+from mailsync.protocols import errors, oauth
+
+from . import preferences
 from .conversation_views import BlockForm
 from .forms import AddAccountForm, FolderSelectionForm, MailPreferencesForm, PastSyncForm, ReauthForm
-from .models import AuthKind, BlockedAddress, EmailAccount
 
 OAUTH_SESSION_KEY = "mailsync_oauth"
 State = EmailAccount.State

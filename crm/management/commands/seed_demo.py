@@ -12,9 +12,9 @@ from crm.demo_mail import sample_messages
 from crm.models import Team, User
 from deals.models import Deal, Pipeline, Stage
 from leads.models import Lead
-from mailsync.ingest import ingest_raw
-from mailsync.linking import link_threads
+from mailsync.linking.rules import link_threads
 from mailsync.models import EmailAccount
+from mailsync.sync.ingest import ingest_raw
 from projects.models import Project
 
 DEMO_USER = ("demo@example.com", "demo-password-123")

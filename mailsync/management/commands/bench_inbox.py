@@ -34,7 +34,7 @@ from django.utils import timezone
 from contacts.models import Organization, Person, PersonEmail
 from crm.models import User
 from deals.models import Deal, Pipeline, Stage
-from mailsync import mailbox
+from mailsync.mailboxes import placement as mailbox
 from mailsync.models import (
     Attachment,
     EmailAccount,
@@ -48,7 +48,7 @@ from mailsync.models import (
     ThreadLink,
     ThreadReference,
 )
-from mailsync.threads import insert_rows, normalize_subject
+from mailsync.sync.threads import insert_rows, normalize_subject
 
 BENCH_EMAIL = "bench-inbox@example.invalid"
 TARGET_MS = 150
@@ -160,7 +160,7 @@ class Command(BaseCommand):
         mailbox.rebuild_all(user=user)
         built = time.perf_counter() - started
         self._say(
-            f"mailsync.mailbox.rebuild_all (placement, list rows, search documents): {built:.1f}s "
+            f"mailsync.mailboxes.placement.rebuild_all (placement, list rows, search documents): {built:.1f}s "
             f"= {messages / built:,.0f} msg/s"
         )
         if connection.vendor == "postgresql":

@@ -27,9 +27,10 @@ from crm.celery import app as celery_app
 from crm.models import User
 from devtools import mailgen
 from devtools.mailservers import DovecotServer, TestCA, UserRegistry
-from mailsync import imap, sync
+from mailsync.accounts.services import account_imap_config
 from mailsync.models import EmailAccount, EmailMessage
-from mailsync.services import account_imap_config
+from mailsync.protocols import imap
+from mailsync.sync import engine as sync
 
 
 class Command(BaseCommand):

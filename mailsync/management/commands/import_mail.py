@@ -17,8 +17,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mailsync.ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, own_addresses_for
 from mailsync.models import EmailAccount
+from mailsync.sync.ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, own_addresses_for
 
 # A file is taken for a message when its first line is a header ("Name: value") or an mbox "From ".
 _LOOKS_LIKE_MAIL = re.compile(rb"^(?:From |[!-9;-~]+:)")

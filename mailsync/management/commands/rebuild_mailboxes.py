@@ -10,7 +10,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from crm.models import User
-from mailsync import mailbox
+from mailsync.mailboxes import placement as mailbox
 
 
 class Command(BaseCommand):

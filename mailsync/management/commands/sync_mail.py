@@ -7,8 +7,9 @@ within seconds of new mail, plus a full pass every MAILSYNC_SYNC_INTERVAL second
 
 from django.core.management.base import BaseCommand, CommandError
 
-from mailsync import sync, watcher
 from mailsync.models import EmailAccount
+from mailsync.sync import engine as sync
+from mailsync.sync import watcher
 
 
 class Command(BaseCommand):
