@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from crm.addresses import is_free_mail_domain, normalize_domain, normalize_email
 from crm.models import User, Visibility
 from crm.records import require_can_delete
-from mailsync.tasks import relink_after_commit, relink_threads_after_commit, threads_linked_to
+from mailsync.linking.tasks import relink_after_commit, relink_threads_after_commit, threads_linked_to
 
 from .models import Organization, OrganizationDomain, Person, PersonEmail
 

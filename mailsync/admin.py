@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from .accounts import selectors, services
 from .models import AccountAddress, EmailAccount, MailFolder
 from .protocols import imap
+from .sync import tasks as sync_tasks
 
 
 class EmailAccountAdminForm(forms.ModelForm):
@@ -172,11 +173,9 @@ class EmailAccountAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync now")
     def sync_now(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from . import tasks
-
         active = [a for a in queryset if a.state not in {EmailAccount.State.PAUSED, EmailAccount.State.REMOVED}]
         for account in active:
-            tasks.sync_account.delay(account.pk)
+            sync_tasks.sync_account.delay(account.pk)
         self.message_user(request, f"Sync queued for {len(active)} account(s).", messages.SUCCESS)
 
 

@@ -9,7 +9,7 @@ from contacts.models import Organization, Person
 from crm.models import User, Visibility
 from crm.records import require_can_delete
 from deals.models import Deal
-from mailsync.tasks import relink_after_commit, relink_threads_after_commit, threads_linked_to
+from mailsync.linking.tasks import relink_after_commit, relink_threads_after_commit, threads_linked_to
 
 from .models import Project
 

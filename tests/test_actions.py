@@ -19,7 +19,7 @@ from mailsync.models import (
     MessageLocation,
     PendingServerAction,
 )
-from mailsync.sync import engine as sync
+from mailsync.sync import engine, outbox
 from mailsync.workspace import actions, conversation_services, inbox
 from mailsync.workspace.inbox import InboxFilters
 from tests.factories import DealFactory
@@ -197,7 +197,7 @@ def test_delete_confirmation_for_someone_elses_threads_is_refused(client, alice,
 def test_crm_only_actions_do_not_touch_the_server(alice, django_capture_on_commit_callbacks, monkeypatch):
     """Without the setting, archive and delete stay in the CRM (S5): no task is even queued."""
     queued = []
-    monkeypatch.setattr("mailsync.tasks.apply_server_actions.delay", queued.append)
+    monkeypatch.setattr("mailsync.sync.tasks.apply_server_actions.delay", queued.append)
     thread = thread_in(alice, "inbox")
     settle(alice)
     with django_capture_on_commit_callbacks(execute=True):
@@ -214,7 +214,7 @@ def test_crm_only_actions_do_not_touch_the_server(alice, django_capture_on_commi
 
 def test_the_outbox_is_written_with_the_crm_change_and_not_without_it(alice, monkeypatch):
     """The outbox row commits (or rolls back) with the CRM change: a crash after the commit loses nothing."""
-    monkeypatch.setattr("mailsync.tasks.apply_server_actions.delay", lambda account_id: None)
+    monkeypatch.setattr("mailsync.sync.tasks.apply_server_actions.delay", lambda account_id: None)
     thread = thread_in(alice, "inbox")
     settle(alice)
     MailSettings.objects.update_or_create(user=alice, defaults={"apply_actions_on_server": True})
@@ -236,7 +236,7 @@ def synced_account(alice, dovecot, mail_user, *, subjects=("First", "Second"), s
     for subject in subjects:
         dovecot.append(mail_user, make_message(subject, to=mail_user.address, date=now))
     account = make_account(alice, mail_user, dovecot, **extra)
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     MailSettings.objects.update_or_create(user=alice, defaults={"apply_actions_on_server": server_actions})
     return account
 
@@ -266,7 +266,7 @@ def test_archive_on_the_server_then_sync_keeps_one_archived_message(
     location = MessageLocation.objects.get(message__thread=first)
     assert location.folder.name == "Archive" and location.uid == dovecot.uids(mail_user, "Archive")[0]
 
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     message = EmailMessage.objects.get(account=account, subject="First")  # still exactly one
     assert message.is_archived and message.deleted_at is None
     assert list(message.locations.values_list("folder__name", flat=True)) == ["Archive"]
@@ -276,7 +276,7 @@ def test_archive_on_the_server_then_sync_keeps_one_archived_message(
     # And back: moved to the server's INBOX, one message, in the Inbox list.
     act(alice, "archive", "inbox", [first], django_capture_on_commit_callbacks)
     assert len(dovecot.uids(mail_user, "INBOX")) == 2 and dovecot.uids(mail_user, "Archive") == []
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert EmailMessage.objects.filter(account=account, subject="First").count() == 1
     assert set(listed(alice, "inbox")) == {first.pk, thread_of(account, "Second").pk}
 
@@ -292,7 +292,7 @@ def test_delete_on_the_server_moves_to_trash_and_stays_deleted_after_sync(
     assert len(dovecot.uids(mail_user, "Trash")) == 1  # not expunged: the provider still has it (S6)
 
     for _ in range(2):
-        assert sync.sync_account(account.pk).error is None
+        assert engine.sync_account(account.pk).error is None
     message = EmailMessage.objects.get(account=account, subject="First")
     assert message.deleted_at is not None and message.deletion_source == "user"
     assert listed(alice, "trash") == [] and listed(alice, "inbox") == [thread_of(account, "Second").pk]
@@ -305,12 +305,12 @@ def test_read_state_goes_to_the_server_both_ways(alice, dovecot, mail_user, djan
     uid = MessageLocation.objects.get(message__thread=first).uid
     act(alice, "inbox", "read", [first], django_capture_on_commit_callbacks)
     assert "\\Seen" in dovecot.flags(mail_user, uid)
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert EmailMessage.objects.get(account=account, subject="First").is_read  # the sync agrees
 
     act(alice, "inbox", "unread", [first], django_capture_on_commit_callbacks)
     assert "\\Seen" not in dovecot.flags(mail_user, uid)
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert not EmailMessage.objects.get(account=account, subject="First").is_read
 
 
@@ -321,7 +321,7 @@ def test_without_the_setting_archive_stays_in_the_crm(alice, dovecot, mail_user,
     result = act(alice, "inbox", "archive", [first], django_capture_on_commit_callbacks)
     assert not result.on_server
     assert len(dovecot.uids(mail_user, "INBOX")) == 2 and dovecot.uids(mail_user, "Archive") == []
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert listed(alice, "archive") == [first.pk]  # archived in the CRM, whatever the server says
 
 
@@ -335,7 +335,7 @@ def test_archive_into_a_folder_that_is_not_synced_never_loses_the_message(
     first = thread_of(account, "First")
     act(alice, "inbox", "archive", [first], django_capture_on_commit_callbacks)
     assert len(dovecot.uids(mail_user, "Archive")) == 1
-    assert sync.sync_account(account.pk).error is None  # INBOX lost the copy; Archive is not synced
+    assert engine.sync_account(account.pk).error is None  # INBOX lost the copy; Archive is not synced
     message = EmailMessage.objects.get(account=account, subject="First")
     assert message.deleted_at is None and message.is_archived
     assert listed(alice, "archive") == [first.pk]
@@ -367,7 +367,7 @@ def test_server_failure_is_recorded_and_the_crm_action_stays(
     account.set_secret(mail_user.password)  # (this account has no SMTP server for the full re-auth check)
     account.save(update_fields=["secret_encrypted"])
     services.record_connection_success(account=account, restart_sync=False)
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert dovecot.uids(mail_user, "INBOX") == [] and len(dovecot.uids(mail_user, "Archive")) == 2
     assert "\\Seen" in dovecot.flags(mail_user, dovecot.uids(mail_user, "Archive")[-1], "Archive")
     assert not PendingServerAction.objects.exists()
@@ -383,7 +383,7 @@ def test_an_old_uidvalidity_is_not_acted_on(alice, dovecot, mail_user, django_ca
     PendingServerAction.objects.create(
         account=account, action="archive", message_ids=list(first.messages.values_list("pk", flat=True))
     )
-    report = actions.apply_pending_on_server(account_id=account.pk)
+    report = outbox.apply_pending_on_server(account_id=account.pk)
     assert report.moved == 0 and report.applied == 1 and not PendingServerAction.objects.exists()
     assert len(dovecot.uids(mail_user, "INBOX")) == 2
 
@@ -399,7 +399,7 @@ def test_read_state_set_while_paused_reaches_the_server_and_survives_the_sync(
     act(alice, "inbox", "read", [first], django_capture_on_commit_callbacks)
     assert "\\Seen" not in dovecot.flags(mail_user, uid)  # paused: the mail account is not touched
     services.resume_account(account=account)
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert "\\Seen" in dovecot.flags(mail_user, uid)
     assert EmailMessage.objects.get(account=account, subject="First").is_read  # not undone by the sync
 
@@ -414,20 +414,20 @@ def test_a_command_the_server_refuses_does_not_block_the_rest(
     act(alice, "inbox", "archive", [first], django_capture_on_commit_callbacks)
     act(alice, "inbox", "archive", [second], django_capture_on_commit_callbacks)
     refused_once = []
-    real_move = actions.imap.ImapSession.move
+    real_move = outbox.imap.ImapSession.move
 
     def move(session, uids, destination):
         if not refused_once:
             refused_once.append(uids)
-            raise actions.errors.ServerError("MOVE refused", protocol="imap")
+            raise outbox.errors.ServerError("MOVE refused", protocol="imap")
         return real_move(session, uids, destination)
 
-    monkeypatch.setattr(actions.imap.ImapSession, "move", move)
+    monkeypatch.setattr(outbox.imap.ImapSession, "move", move)
     services.resume_account(account=account)
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert len(dovecot.uids(mail_user, "INBOX")) == 1 and len(dovecot.uids(mail_user, "Archive")) == 1
     assert not PendingServerAction.objects.exists()
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert set(listed(alice, "archive")) == {first.pk, second.pk}  # the CRM state stands either way
 
 
@@ -436,11 +436,11 @@ def test_a_paused_account_keeps_its_outbox_and_a_removed_one_drops_it(alice):
     account = thread.messages.get().account
     PendingServerAction.objects.create(account=account, action="read", message_ids=[thread.messages.get().pk])
     EmailAccount.objects.filter(pk=account.pk).update(state=EmailAccount.State.PAUSED)
-    report = actions.apply_pending_on_server(account_id=account.pk)
+    report = outbox.apply_pending_on_server(account_id=account.pk)
     assert report.skipped == "account paused: kept for its next sync" and report.flagged == 0
     assert PendingServerAction.objects.count() == 1
     EmailAccount.objects.filter(pk=account.pk).update(state=EmailAccount.State.REMOVED)
-    report = actions.apply_pending_on_server(account_id=account.pk)
+    report = outbox.apply_pending_on_server(account_id=account.pk)
     assert report.skipped == "account removed" and report.dropped == 1
     assert not PendingServerAction.objects.exists()
 

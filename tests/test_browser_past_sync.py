@@ -12,12 +12,12 @@ import pytest
 
 from conftest import browser_login
 from mailsync.models import EmailAccount
-from mailsync.sync import engine as sync
+from mailsync.sync import engine
 from tests.test_sync import deliver, live, make_account
 
 pytestmark = [pytest.mark.browser, pytest.mark.dovecot, pytest.mark.django_db(transaction=True)]
 
-# Enough mail for several fetch batches (sync.FETCH_BATCH), so the bar has steps between 0 and 100.
+# Enough mail for several fetch batches (engine.FETCH_BATCH), so the bar has steps between 0 and 100.
 PAST_MESSAGES = 3000
 RECENT_MESSAGES = 3
 
@@ -52,7 +52,7 @@ def test_past_sync_progress_bar_moves_to_100(page, alice, dovecot, mail_user, ce
     deliver(dovecot, mail_user, RECENT_MESSAGES, days_ago=1, prefix="Recent")
     deliver(dovecot, mail_user, PAST_MESSAGES, days_ago=40, prefix="Older")
     deliver(dovecot, mail_user, 2, days_ago=200, prefix="Ancient")
-    sync.sync_account(account.pk)  # the initial sync: only the last 3 days
+    engine.sync_account(account.pk)  # the initial sync: only the last 3 days
     assert live(account).count() == RECENT_MESSAGES
 
     browser_login(page, alice)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from crm.models import Visibility
 from mailsync.linking import access
-from mailsync.mailboxes import placement as mailbox
+from mailsync.mailboxes import placement
 from mailsync.models import (
     EmailMessage,
     EmailThread,
@@ -21,7 +21,7 @@ from mailsync.models import (
     MailFolder,
     MessageLocation,
 )
-from mailsync.sync import engine as sync
+from mailsync.sync import engine
 from mailsync.workspace import conversation_services, inbox
 from mailsync.workspace.inbox import InboxFilters
 from tests.factories import DealFactory, PersonEmailFactory, PersonFactory
@@ -48,7 +48,7 @@ def _fast_passwords(settings):
 def settle(*users) -> None:
     """What ingestion does after writing mail: place it, build the list rows, index them for search."""
     for user in users:
-        mailbox.rebuild_all(user=user)
+        placement.rebuild_all(user=user)
 
 
 def folder_of(account, role: str, name: str | None = None) -> MailFolder:
@@ -96,7 +96,7 @@ def listed(user, mailbox_name: str = Mailbox.INBOX, filters: InboxFilters | None
     ],
 )
 def test_placement_rules(restored, archived, direction, roles, expected):
-    placed = mailbox.place(restored_to_inbox=restored, is_archived=archived, direction=direction, roles=roles)
+    placed = placement.place(restored_to_inbox=restored, is_archived=archived, direction=direction, roles=roles)
     assert placed == expected
 
 
@@ -119,12 +119,12 @@ def test_list_rows_follow_messages_and_their_counts(alice):
 
     # The server reports the inbox copies read (the sync's flag pass calls refresh_mailboxes).
     EmailMessage.objects.filter(pk__in=[first.pk, unread.pk]).update(is_read=True)
-    mailbox.refresh_mailboxes([first.pk, unread.pk])
+    placement.refresh_mailboxes([first.pk, unread.pk])
     assert MailboxEntry.objects.get(thread=thread, mailbox="inbox").unread_count == 0
 
     # Deleted mail never counts (L6); a thread without visible mail in a mailbox leaves it.
     EmailMessage.objects.filter(pk__in=[first.pk, unread.pk]).update(deleted_at=timezone.now())
-    mailbox.refresh_mailboxes([first.pk, unread.pk])
+    placement.refresh_mailboxes([first.pk, unread.pk])
     assert set(MailboxEntry.objects.filter(thread=thread).values_list("mailbox", flat=True)) == {"sent"}
 
 
@@ -133,10 +133,10 @@ def test_rebuild_repairs_stale_rows_and_refresh_user_mailboxes_finds_them(alice)
     settle(alice)
     MailboxEntry.objects.filter(thread=threads[0]).delete()  # lost
     MailboxEntry.objects.filter(thread=threads[1]).update(message_count=9)  # wrong
-    assert mailbox.refresh_user_mailboxes(alice) == 2
+    assert placement.refresh_user_mailboxes(alice) == 2
     assert sorted(listed(alice)) == sorted(thread.pk for thread in threads)
     assert MailboxEntry.objects.get(thread=threads[1]).message_count == 1
-    assert mailbox.refresh_user_mailboxes(alice) == 0
+    assert placement.refresh_user_mailboxes(alice) == 0
 
 
 # --- the lists agree with mailsync.access -------------------------------------------------------------
@@ -459,7 +459,7 @@ def test_search_in_archive_and_search_view(client, alice, searchable):
 def test_search_finds_new_mail_once_indexed_after_the_commit(alice, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         thread = thread_in(alice, "inbox", subject="Freshly arrived palette")
-        mailbox.refresh_mailboxes(thread.messages.values_list("pk", flat=True))
+        placement.refresh_mailboxes(thread.messages.values_list("pk", flat=True))
     assert listed(alice, filters=InboxFilters(query="palette")) == [thread.pk]
 
 
@@ -481,7 +481,7 @@ def test_lists_after_a_sync_follow_the_server_folders(alice, dovecot, mail_user)
         dovecot.append(mail_user, make_message(subject, to=mail_user.address, date=now), folder=folder)
     dovecot.append(mail_user, make_message("Sent by me", sender=mail_user.address, date=now), folder="Sent")
     account = make_account(alice, mail_user, dovecot)
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
 
     def subjects(mailbox_name):
         return {row.thread.subject for row in inbox.inbox_page(alice, mailbox_name, InboxFilters()).rows}
@@ -494,7 +494,7 @@ def test_lists_after_a_sync_follow_the_server_folders(alice, dovecot, mail_user)
     # Moved on the server (in another mail client): the next sync moves it between the lists.
     inbox_uid = dovecot.uids(mail_user, "INBOX")[0]
     dovecot.move(mail_user, [inbox_uid], "Archive")
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert subjects("inbox") == set()
     assert subjects("archive") == {"In the inbox", "In the archive"}
     assert EmailMessage.objects.filter(account=account, subject="In the inbox").count() == 1
@@ -502,7 +502,7 @@ def test_lists_after_a_sync_follow_the_server_folders(alice, dovecot, mail_user)
     # Read on the server: the unread count follows.
     assert inbox.mailbox_counts(alice)["archive"].unread == 2
     dovecot.add_flags(mail_user, dovecot.uids(mail_user, "Archive"), ("\\Seen",), folder="Archive")
-    assert sync.sync_account(account.pk).error is None
+    assert engine.sync_account(account.pk).error is None
     assert inbox.mailbox_counts(alice)["archive"].unread == 0
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from conftest import client_for
 from mailsync.models import EmailAccount, EmailMessage, EmailThread, MailFolder, MailSettings
-from mailsync.sync import engine as sync
+from mailsync.sync import engine
 from tests.mail_factories import EmailAccountFactory, create_thread
 from tests.mailservers import make_message
 from tests.test_sync import deliver, live, make_account
@@ -150,7 +150,7 @@ def test_sync_respects_the_folder_choice_and_keeps_synced_mail(alice, dovecot, m
     account = make_account(alice, mail_user, dovecot)
     deliver(dovecot, mail_user, 2, prefix="Inbox")
     deliver(dovecot, mail_user, 2, folder="Archive", prefix="Archived")
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     assert live(account).count() == 4
 
     folders = dict(MailFolder.objects.filter(account=account).values_list("name", "pk"))
@@ -160,7 +160,7 @@ def test_sync_respects_the_folder_choice_and_keeps_synced_mail(alice, dovecot, m
     assert response.status_code == 302
     deliver(dovecot, mail_user, 1, prefix="New inbox")
     deliver(dovecot, mail_user, 1, folder="Archive", prefix="New archived")
-    report = sync.sync_account(account.pk)
+    report = engine.sync_account(account.pk)
 
     assert report.error is None
     subjects = set(live(account).values_list("subject", flat=True))
@@ -168,7 +168,7 @@ def test_sync_respects_the_folder_choice_and_keeps_synced_mail(alice, dovecot, m
     assert {"Archived 0", "Archived 1"} <= subjects  # synced before the change: still there (S2)
 
     client_for(alice).post(reverse("mailsync:account_folders", args=[account.pk]), {"mode": "all"})
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     assert "New archived 0" in set(live(account).values_list("subject", flat=True))
 
 
@@ -203,13 +203,13 @@ def test_preferences_are_saved_and_existing_conversations_keep_their_sharing(ali
 def test_new_default_sharing_applies_to_mail_synced_afterwards(alice, dovecot, mail_user):
     account = make_account(alice, mail_user, dovecot)
     dovecot.append(mail_user, make_message("Before the change"))
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     client_for(alice).post(
         reverse("mailsync:preferences"),
         {"linking_mode": "automatic", "default_visibility": "shared", "email_link_preference": "crm"},
     )
     dovecot.append(mail_user, make_message("After the change"))
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     visibility = dict(live(account).values_list("subject", "thread__visibility"))
     assert visibility == {"Before the change": "private", "After the change": "shared"}
 
@@ -320,7 +320,7 @@ def test_past_sync_from_the_page_runs_a_real_sync(alice, dovecot, mail_user, dja
     deliver(dovecot, mail_user, 2, days_ago=1, prefix="Recent")
     deliver(dovecot, mail_user, 5, days_ago=40, prefix="Older")
     deliver(dovecot, mail_user, 3, days_ago=200, prefix="Ancient")
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     assert live(account).count() == 2
     client = client_for(alice)
     assert 'name="months"' in client.get(reverse("mailsync:settings")).content.decode()

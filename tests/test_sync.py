@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation
-from mailsync.sync import engine as sync
+from mailsync.sync import engine, lock
 from tests.mailservers import make_message
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.django_db]
@@ -78,7 +78,7 @@ def test_initial_sync_takes_the_last_three_days_and_discovers_folder_roles(accou
     deliver(dovecot, mail_user, 2, days_ago=10, prefix="Old")
     deliver(dovecot, mail_user, 1, days_ago=0.1, folder="Sent", prefix="Sent")
 
-    report = sync.sync_account(account.pk)
+    report = engine.sync_account(account.pk)
 
     assert report.error is None
     assert live(account).count() == 5
@@ -95,9 +95,9 @@ def test_initial_sync_takes_the_last_three_days_and_discovers_folder_roles(accou
 
 def test_running_twice_changes_nothing(account, dovecot, mail_user):
     deliver(dovecot, mail_user, 6)
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     first = sorted(live(account).values_list("pk", "message_key"))
-    report = sync.sync_account(account.pk)
+    report = engine.sync_account(account.pk)
     assert report.created == 0
     assert sorted(live(account).values_list("pk", "message_key")) == first
     assert_mirrors_server(account, dovecot, mail_user)
@@ -105,11 +105,11 @@ def test_running_twice_changes_nothing(account, dovecot, mail_user):
 
 def test_incremental_picks_up_new_mail_whatever_its_date(account, dovecot, mail_user):
     deliver(dovecot, mail_user, 2)
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     # New arrivals are synced even when their Date is old (a delayed delivery).
     dovecot.append(mail_user, make_message("Late arrival", date=now() - dt.timedelta(days=30)))
     dovecot.append(mail_user, make_message("Fresh"))
-    report = sync.sync_account(account.pk)
+    report = engine.sync_account(account.pk)
     assert report.created == 2
     assert set(live(account).values_list("subject", flat=True)) >= {"Late arrival", "Fresh"}
     assert_mirrors_server(account, dovecot, mail_user)
@@ -117,26 +117,26 @@ def test_incremental_picks_up_new_mail_whatever_its_date(account, dovecot, mail_
 
 def test_flag_changes_on_the_server_are_reflected(account, dovecot, mail_user):
     uids = deliver(dovecot, mail_user, 3)
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     assert not live(account).filter(is_read=True).exists()
 
     dovecot.add_flags(mail_user, uids[:2], ("\\Seen",))
     dovecot.add_flags(mail_user, uids[2:], ("\\Flagged",))
-    report = sync.sync_account(account.pk)
+    report = engine.sync_account(account.pk)
     assert report.flag_changes == 3
     assert live(account).filter(is_read=True).count() == 2
     assert live(account).filter(is_flagged=True).count() == 1
 
     dovecot.remove_flags(mail_user, uids[:1], ("\\Seen",))
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     assert live(account).filter(is_read=True).count() == 1
 
 
 def test_server_deletion_is_reflected(account, dovecot, mail_user):
     uids = deliver(dovecot, mail_user, 3)
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     dovecot.expunge(mail_user, uids[:1])
-    report = sync.sync_account(account.pk)
+    report = engine.sync_account(account.pk)
     assert report.deleted_messages == 1
     assert live(account).count() == 2
     gone = EmailMessage.objects.get(account=account, deleted_at__isnull=False)
@@ -146,11 +146,11 @@ def test_server_deletion_is_reflected(account, dovecot, mail_user):
 
 def test_move_keeps_one_message_with_its_new_location(account, dovecot, mail_user):
     uids = deliver(dovecot, mail_user, 2)
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     before = sorted(live(account).values_list("pk", flat=True))
 
     dovecot.move(mail_user, uids[:1], "Archive")
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
 
     assert sorted(live(account).values_list("pk", flat=True)) == before
     moved = live(account).get(locations__folder__name="Archive")
@@ -163,20 +163,20 @@ def test_same_message_in_two_folders_is_one_message_with_two_locations(account, 
     raw = make_message("Copied", message_id="<copied-1@example.org>")
     dovecot.append(mail_user, raw)
     dovecot.append(mail_user, raw, folder="Archive")
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     message = live(account).get(subject="Copied")
     assert sorted(message.locations.values_list("folder__name", flat=True)) == ["Archive", "INBOX"]
 
 
 def test_uidvalidity_change_resyncs_without_duplicating(account, dovecot, mail_user):
     deliver(dovecot, mail_user, 5)
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     keys_before = sorted(live(account).values_list("pk", "message_key"))
     old_validity = MailFolder.objects.get(account=account, name="INBOX").uidvalidity
 
     new_validity = dovecot.reset_uidvalidity(mail_user)
     assert new_validity != old_validity
-    report = sync.sync_account(account.pk)
+    report = engine.sync_account(account.pk)
 
     assert report.error is None
     assert report.created == 0
@@ -189,7 +189,7 @@ def test_uidvalidity_change_resyncs_without_duplicating(account, dovecot, mail_u
 
 def test_a_crash_in_the_middle_leaves_nothing_half_done(account, dovecot, mail_user, monkeypatch):
     deliver(dovecot, mail_user, 450)  # above the process-pool threshold, several batches
-    real_write = sync._write
+    real_write = engine._write
     calls = {"n": 0}
 
     def crashing_write(*args, **kwargs):
@@ -198,13 +198,13 @@ def test_a_crash_in_the_middle_leaves_nothing_half_done(account, dovecot, mail_u
             raise KeyboardInterrupt("worker killed")  # not an Exception: nothing may swallow it
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(sync, "_write", crashing_write)
+    monkeypatch.setattr(engine, "_write", crashing_write)
     with pytest.raises(KeyboardInterrupt):
-        sync.sync_account(account.pk)
+        engine.sync_account(account.pk)
     assert 0 < live(account).count() < 450
-    monkeypatch.setattr(sync, "_write", real_write)
+    monkeypatch.setattr(engine, "_write", real_write)
 
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     assert live(account).count() == 450
     assert live(account).values("message_key").distinct().count() == 450
     assert_mirrors_server(account, dovecot, mail_user)
@@ -255,7 +255,7 @@ def test_second_sync_of_the_same_account_does_not_run_concurrently(alice, doveco
 
     def other_worker():
         try:
-            with sync.account_lock(account.pk) as acquired:
+            with lock.account_lock(account.pk) as acquired:
                 assert acquired
                 holding.set()
                 release.wait(10)
@@ -266,55 +266,55 @@ def test_second_sync_of_the_same_account_does_not_run_concurrently(alice, doveco
     worker.start()
     assert holding.wait(10)
     try:
-        report = sync.sync_account(account.pk)
+        report = engine.sync_account(account.pk)
         assert report.locked is False
         assert not EmailAccount.objects.get(pk=account.pk).last_sync_at
     finally:
         release.set()
         worker.join()
-    assert sync.sync_account(account.pk).locked is True
+    assert engine.sync_account(account.pk).locked is True
 
 
 def test_wrong_password_sets_needs_reauthentication_and_keeps_mail(account, dovecot, mail_user):
     deliver(dovecot, mail_user, 2)
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     account.set_secret("not-the-password")
     account.save(update_fields=["secret_encrypted"])
 
-    report = sync.sync_account(account.pk)
+    report = engine.sync_account(account.pk)
 
     assert report.error is not None and report.error.needs_reauth
     account.refresh_from_db()
     assert account.state == EmailAccount.State.NEEDS_REAUTH
     assert account.last_error_code and account.last_error_fix
     assert live(account).count() == 2
-    assert account not in sync.due_accounts()
+    assert account not in engine.due_accounts()
 
 
 def test_unreachable_server_backs_off(account, closed_port):
     account.imap_port = closed_port
     account.save(update_fields=["imap_port"])
     for attempt in range(1, 4):
-        report = sync.sync_account(account.pk)
+        report = engine.sync_account(account.pk)
         assert report.error is not None and not report.error.needs_reauth
         account.refresh_from_db()
         assert account.consecutive_failures == attempt
         assert account.next_retry_at > timezone.now()
     assert account.state == EmailAccount.State.ERROR
-    assert account not in sync.due_accounts()
+    assert account not in engine.due_accounts()
 
 
 def test_only_selected_folders_are_synced_and_changing_the_choice_keeps_mail(account, dovecot, mail_user):
     deliver(dovecot, mail_user, 2)
     deliver(dovecot, mail_user, 3, folder="Archive", prefix="Archived")
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     assert live(account).count() == 5
 
     account.sync_all_folders = False
     account.save(update_fields=["sync_all_folders"])
     MailFolder.objects.filter(account=account).exclude(name="INBOX").update(selected=False)
     deliver(dovecot, mail_user, 1, folder="Archive", prefix="Later archived")
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
 
     assert live(account).count() == 5  # nothing already synced is removed
     assert not live(account).filter(subject__startswith="Later").exists()
@@ -324,12 +324,12 @@ def test_past_email_sync_with_progress(account, dovecot, mail_user):
     deliver(dovecot, mail_user, 2, days_ago=1)
     deliver(dovecot, mail_user, 7, days_ago=40, prefix="Older")
     deliver(dovecot, mail_user, 3, days_ago=200, prefix="Ancient")
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     account.refresh_from_db()
     assert live(account).count() == 2
 
-    sync.request_past_sync(account, months=3, only_contacts=False)
-    sync.sync_account(account.pk)
+    engine.request_past_sync(account, months=3, only_contacts=False)
+    engine.sync_account(account.pk)
 
     account.refresh_from_db()
     assert account.past_sync_state == "done"
@@ -340,7 +340,7 @@ def test_past_email_sync_with_progress(account, dovecot, mail_user):
 
 def test_past_email_sync_is_offered_only_after_the_initial_sync(account):
     with pytest.raises(ValueError, match="initial sync"):
-        sync.request_past_sync(account, months=1, only_contacts=False)
+        engine.request_past_sync(account, months=1, only_contacts=False)
 
 
 def test_past_email_sync_only_with_crm_contacts(account, dovecot, mail_user):
@@ -355,10 +355,10 @@ def test_past_email_sync_only_with_crm_contacts(account, dovecot, mail_user):
             (make_message("From a stranger", sender="x@stranger.example", date=date), (), date),
         ],
     )
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     account.refresh_from_db()
-    sync.request_past_sync(account, months=1, only_contacts=True)
-    sync.sync_account(account.pk)
+    engine.request_past_sync(account, months=1, only_contacts=True)
+    engine.sync_account(account.pk)
     subjects = set(live(account).values_list("subject", flat=True))
     assert "From a contact" in subjects and "From a stranger" not in subjects
 
@@ -370,7 +370,7 @@ def test_the_whole_corpus_syncs_over_imap_without_a_crash(account, dovecot, mail
     recent = now() - dt.timedelta(hours=1)
     dovecot.deliver_many(mail_user, [(path.read_bytes(), (), recent) for path in files])
 
-    report = sync.sync_account(account.pk, time_budget=600)
+    report = engine.sync_account(account.pk, time_budget=600)
 
     assert report.error is None, report.error
     assert_mirrors_server(account, dovecot, mail_user)

@@ -282,13 +282,13 @@ def test_thread_page_queries_do_not_grow_with_messages(alice):
 def test_opening_a_synced_thread_marks_it_read_on_the_server_too(
     alice, dovecot, mail_user, django_capture_on_commit_callbacks
 ):
-    from mailsync.sync import engine as sync
+    from mailsync.sync import engine
     from tests.mailservers import make_message
     from tests.test_sync import make_account
 
     account = make_account(alice, mail_user, dovecot)
     uid = dovecot.append(mail_user, make_message("Read me"))
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     message = EmailMessage.objects.get(account=account, subject="Read me")
     assert not message.is_read and "\\Seen" not in dovecot.flags(mail_user, uid)
 
@@ -297,6 +297,6 @@ def test_opening_a_synced_thread_marks_it_read_on_the_server_too(
     message.refresh_from_db()
     assert message.is_read
     assert "\\Seen" in dovecot.flags(mail_user, uid)  # read state is two-way: the next sync keeps it read
-    sync.sync_account(account.pk)
+    engine.sync_account(account.pk)
     message.refresh_from_db()
     assert message.is_read

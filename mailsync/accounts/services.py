@@ -23,6 +23,7 @@ from django.utils import timezone
 from crm.models import User
 from mailsync.models import AccountAddress, AuthKind, EmailAccount, MailFolder, crypto
 from mailsync.protocols import errors, imap, oauth, smtp
+from mailsync.sync.tasks import sync_after_commit
 
 from . import providers
 
@@ -187,12 +188,6 @@ def check_account(account: EmailAccount, *, secret: str | None = None) -> None:
 # Writes
 
 
-def _enqueue_sync(account_id: int) -> None:
-    from mailsync import tasks
-
-    transaction.on_commit(lambda: tasks.sync_account.delay(account_id))
-
-
 def _clear_error(account: EmailAccount) -> list[str]:
     account.last_error_code = ""
     account.last_error_message = ""
@@ -241,7 +236,7 @@ def connect_account(
     _clear_error(account)
     account.save()
     AccountAddress.objects.get_or_create(account=account, address=address)
-    _enqueue_sync(account.pk)
+    sync_after_commit(account.pk)
     return account
 
 
@@ -298,7 +293,7 @@ def record_connection_success(*, account: EmailAccount, restart_sync: bool = Tru
         locked.state = State.CONNECTING
         fields.append("state")
         if restart_sync:
-            _enqueue_sync(locked.pk)
+            sync_after_commit(locked.pk)
     locked.save(update_fields=fields)
     return locked
 
@@ -345,7 +340,7 @@ def resume_account(*, account: EmailAccount) -> EmailAccount:
     if locked.state == State.PAUSED:
         locked.state = State.CONNECTING
         locked.save(update_fields=["state", "updated_at"])
-        _enqueue_sync(locked.pk)
+        sync_after_commit(locked.pk)
     return locked
 
 

@@ -14,26 +14,23 @@ a server-side move), and everything else follows the mail account.
 
 The lists show THREADS. `MailboxEntry` keeps one row per (thread, mailbox) with the thread's latest
 visible message there and its message / unread counts; deleted (L6) and blocked (F1) messages never
-count, exactly as in mailsync.access. Every write that changes what a list shows calls
+count, exactly as in mailsync.linking.access. Every write that changes what a list shows calls
 `refresh_mailboxes`: ingestion (new mail, new locations, flags), the sync engine (lost locations, flag
 changes, server deletions), blocking and the clean-up (`refresh_user_mailboxes`) and the bulk actions
-(mailsync.actions). It recomputes from the messages, so calling it twice, or for threads that did not
-change, is harmless; `rebuild_all` (manage.py rebuild_mailboxes) repairs everything.
+(mailsync.workspace.actions). It recomputes from the messages, so calling it twice, or for threads that
+did not change, is harmless; `rebuild_all` (manage.py rebuild_mailboxes) repairs everything.
 
-Search documents (PostgreSQL full-text, MailboxSearchDocument) are per list row too, so a search is
-one table plus a GIN index. Building one costs ~0.3 ms per typical message body, too much for the
-ingestion transaction: the rows whose messages changed are indexed by a task after the commit
-(`index_for_search`); until then a new message is listed but not yet found by search.
+Search documents (PostgreSQL full-text) are per list row too (mailsync.mailboxes.search): the rows
+whose messages changed are indexed by a task after the commit, outside the ingestion transaction.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db import DataError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count, Exists, Max, OuterRef
 from django.db.models.functions import Coalesce
 
@@ -44,22 +41,17 @@ from mailsync.models import (
     MailboxEntry,
     MailboxSearchDocument,
     MailFolder,
-    MessageParticipant,
 )
+
+from .locks import OWNER_LOCK_NAMESPACE
+from .search import index_for_search
+from .tasks import index_mailbox_for_search
 
 # Folder roles whose messages are "filed away": archive, Gmail's All Mail, and folders without a role.
 FILED_ROLES = frozenset({MailFolder.Role.ARCHIVE, MailFolder.Role.ALL, MailFolder.Role.OTHER})
-# What a list row's search document holds: the start of each body (quoted history makes bodies long)
-# and the first participants of its latest messages; bounded, so that a huge conversation (or a mail to
-# thousands) stays below tsvector's 1 MB limit.
-SEARCH_BODY_CHARS = 10_000
-SEARCH_MESSAGES = 50
-SEARCH_PARTICIPANTS = 100
-SEARCH_TOTAL_CHARS = 200_000
 # Threads per statement when many are rebuilt at once.
 REBUILD_CHUNK = 2_000
 SENT = EmailMessage.Direction.SENT
-logger = logging.getLogger(__name__)
 
 
 def place(*, restored_to_inbox: bool, is_archived: bool, direction: str, roles: set[str]) -> str:
@@ -95,7 +87,7 @@ def refresh_mailboxes(message_ids: Iterable[int] = (), *, thread_ids: Iterable[i
     with transaction.atomic(savepoint=False):
         changed_entries = _refresh(message_ids, thread_ids)
         if changed_entries and connection.vendor == "postgresql":
-            transaction.on_commit(lambda: _enqueue_search_indexing(changed_entries))
+            transaction.on_commit(lambda: index_mailbox_for_search.delay(changed_entries))
 
 
 def refresh_user_mailboxes(user, thread_ids: Iterable[int] | None = None) -> int:
@@ -128,72 +120,6 @@ def rebuild_all(*, user=None) -> int:
     return len(ids)
 
 
-def index_for_search(entry_ids: Iterable[int]) -> int:
-    """(Re)write the full-text documents of these list rows from their visible messages (PostgreSQL only:
-    elsewhere search falls back to substring matching). Idempotent. Returns how many were written."""
-    ids = sorted({int(pk) for pk in entry_ids})
-    if not ids or connection.vendor != "postgresql":
-        return 0
-    try:
-        with transaction.atomic():
-            return _write_documents(ids)
-    except DataError:
-        # A document over tsvector's limits (pathological mail): index the others one by one, without it.
-        written = 0
-        for pk in ids:
-            try:
-                with transaction.atomic():
-                    written += _write_documents([pk])
-            except DataError:
-                logger.warning("mail list row %s is not searchable: its text is too large to index", pk)
-        return written
-
-
-def _write_documents(ids: list[int]) -> int:
-    # Addresses go in whole (exact match) and split at @ . - _ + (so "acme" finds anna@acme-logistics.pl).
-    # strip(): positions are not needed (no phrase search) and would make the documents twice as big.
-    # mailsync_cjk_terms (migration 0005): the two-character pieces of Chinese / Japanese / Korean runs,
-    # which the parser would otherwise keep as one unsearchable word.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO {_DOCUMENTS} (entry_id, document)
-            SELECT grouped.id, strip(to_tsvector('simple', grouped.text || ' ' || mailsync_cjk_terms(grouped.text)))
-            FROM (
-            SELECT e.id, left(string_agg(message.text, ' '), %(total_chars)s) AS text
-            FROM {_ENTRIES} e
-            CROSS JOIN LATERAL (
-                SELECT concat_ws(' ', m.subject, m.from_name, m.from_address,
-                                 translate(m.from_address, '@.-_+', '     '), people.text,
-                                 left(m.body_text, %(body_chars)s)) AS text
-                FROM {_MESSAGES} m
-                LEFT JOIN LATERAL (
-                    SELECT string_agg(concat_ws(' ', p.name, p.address, translate(p.address, '@.-_+', '     ')),
-                                      ' ') AS text
-                    FROM (SELECT name, address FROM {_PARTICIPANTS} WHERE message_id = m.id
-                          ORDER BY id LIMIT %(participants)s) p
-                ) people ON true
-                WHERE m.thread_id = e.thread_id AND m.mailbox = e.mailbox
-                  AND m.deleted_at IS NULL AND NOT m.is_blocked
-                ORDER BY m.date DESC NULLS LAST, m.id DESC
-                LIMIT %(messages)s
-            ) message
-            WHERE e.id = ANY(%(ids)s)
-            GROUP BY e.id
-            ) grouped
-            ON CONFLICT (entry_id) DO UPDATE SET document = EXCLUDED.document
-            """,  # noqa: S608 (table names from the models; values are parameters)
-            {
-                "body_chars": SEARCH_BODY_CHARS,
-                "messages": SEARCH_MESSAGES,
-                "participants": SEARCH_PARTICIPANTS,
-                "total_chars": SEARCH_TOTAL_CHARS,
-                "ids": ids,
-            },
-        )
-        return cursor.rowcount
-
-
 # --- internals ------------------------------------------------------------------------------------
 
 
@@ -203,9 +129,6 @@ def _table(model) -> str:
 
 _THREADS = _table(EmailThread)
 _MESSAGES = _table(EmailMessage)
-_PARTICIPANTS = _table(MessageParticipant)
-_ENTRIES = _table(MailboxEntry)
-_DOCUMENTS = _table(MailboxSearchDocument)
 
 
 def _refresh(message_ids: Iterable[int], thread_ids: Iterable[int]) -> list[int]:
@@ -219,17 +142,10 @@ def _refresh(message_ids: Iterable[int], thread_ids: Iterable[int]) -> list[int]
     return _rebuild_entries(threads)
 
 
-def _enqueue_search_indexing(entry_ids: list[int]) -> None:
-    from mailsync import tasks
-
-    tasks.index_mailbox_for_search.delay(entry_ids)
-
-
 def _lock_owners(message_ids: list[int], thread_ids: list[int]) -> None:
-    """Take the mail lock of every owner concerned (mailsync.ingest.lock_owner_mail), in one query."""
+    """Take the mail lock of every owner concerned (locks.lock_owner_mail), in one query."""
     if connection.vendor != "postgresql":
         return  # SQLite serialises writers itself
-    from mailsync.sync.ingest import INGEST_LOCK_NAMESPACE  # ingest imports this module
 
     with connection.cursor() as cursor:
         cursor.execute(
@@ -241,7 +157,7 @@ def _lock_owners(message_ids: list[int], thread_ids: list[int]) -> None:
                 ORDER BY 1
             ) owners
             """,  # noqa: S608 (table names from the models; values are parameters)
-            [INGEST_LOCK_NAMESPACE, thread_ids, message_ids],
+            [OWNER_LOCK_NAMESPACE, thread_ids, message_ids],
         )
 
 

@@ -22,16 +22,13 @@ any point leaves the database consistent with some prefix of the work and the ne
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -41,12 +38,12 @@ from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocat
 from mailsync.protocols import errors, imap
 
 from .ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, own_addresses_for
+from .lock import account_lock, extend_lease
+from .outbox import replay_pending
 from .parsing import parse_message
 
 logger = logging.getLogger(__name__)
 
-SYNC_LOCK_NAMESPACE = 0x73796E63  # "sync"; ingest uses another namespace for its per-owner lock
-LEASE_SECONDS = 300
 FETCH_BATCH = 200
 # Above this many messages to fetch in one go, parsing runs in a process pool next to the writes.
 POOL_THRESHOLD = 400
@@ -76,47 +73,6 @@ class SyncReport:
         self.existing += result.existing
         self.failed += result.failed
         self.thread_ids |= result.thread_ids
-
-
-# --------------------------------------------------------------------------------------------------
-# Locking
-
-
-@contextlib.contextmanager
-def account_lock(account_id: int) -> Iterator[bool]:
-    """Yield True when this process holds the account's sync lock, False when another one does."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SYNC_LOCK_NAMESPACE, account_id])
-            acquired = cursor.fetchone()[0]
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [SYNC_LOCK_NAMESPACE, account_id])
-        return
-    token = uuid.uuid4().hex
-    now = timezone.now()
-    acquired = bool(
-        EmailAccount.objects.filter(pk=account_id)
-        .filter(Q(sync_lock_expires_at__isnull=True) | Q(sync_lock_expires_at__lt=now))
-        .update(sync_lock_token=token, sync_lock_expires_at=now + timedelta(seconds=LEASE_SECONDS))
-    )
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            EmailAccount.objects.filter(pk=account_id, sync_lock_token=token).update(
-                sync_lock_token="", sync_lock_expires_at=None
-            )
-
-
-def _extend_lease(account_id: int) -> None:
-    if connection.vendor != "postgresql":
-        EmailAccount.objects.filter(pk=account_id).exclude(sync_lock_token="").update(
-            sync_lock_expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS)
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,8 +121,6 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
     folders = discover_folders(account, session)
     report.folders = len(folders)
     # The CRM's own changes first (outbox of bulk actions): reading the server before would undo them.
-    from mailsync.workspace.actions import replay_pending
-
     replay_pending(session, account)
     touched_messages: set[int] = set()
     for folder in folders:
@@ -178,7 +132,7 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
                 report.more_work = True
                 break
             _initial_window(account, session, folder, own, report, deadline)
-            _extend_lease(account.pk)
+            extend_lease(account.pk)
     initial_pending = any(f.initial_synced_at is None for f in folders)
     if not initial_pending and account.initial_sync_done_at is None:
         account.initial_sync_done_at = timezone.now()
@@ -555,7 +509,7 @@ def _fetch_and_ingest(
             future = pool.submit([item.raw for item in items], own) if pool else None
             if pending is not None:
                 _write(account, folder, uidvalidity, own, report, pending, on_done, on_batch)
-                _extend_lease(account.pk)
+                extend_lease(account.pk)
             pending = (items, future, index == last)
             if deadline is not None and index < last and time.monotonic() >= deadline:
                 _write(account, folder, uidvalidity, own, report, pending, on_done, on_batch)

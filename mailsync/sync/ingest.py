@@ -41,7 +41,10 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from crm.addresses import normalize_email
+from mailsync.linking import blocking
+from mailsync.linking import tasks as linking_tasks
 from mailsync.linking.rules import own_addresses
+from mailsync.mailboxes.locks import lock_owner_mail
 from mailsync.mailboxes.placement import place, refresh_mailboxes
 from mailsync.models import (
     Attachment,
@@ -57,9 +60,7 @@ from .threads import assign_threads, insert_rows, refresh_thread_stats
 
 logger = logging.getLogger(__name__)
 
-# pg_advisory_xact_lock(namespace, owner_id): serialises ingestion per owner. The namespace keeps it
-# apart from any other advisory lock (the sync engine's per-account lock must use another one).
-INGEST_LOCK_NAMESPACE = 0x6D61696C  # "mail"
+# Ingestion is serialised per owner by mailsync.mailboxes.locks.lock_owner_mail (pg_advisory_xact_lock).
 INSERT_ATTEMPTS = 3
 # A Date header further in the future than this is not believed (spam, broken clocks): it would pin
 # the thread to the top of every list. Arrival time is used instead.
@@ -107,20 +108,17 @@ def on_threads_changed(thread_ids: set[int]) -> None:
     """THE place where follow-up work for threads that received mail starts, after the commit.
 
     Called by ingestion through transaction.on_commit with every thread a batch touched (new threads
-    and existing ones with new messages). Linking (mailsync.linking.link_threads) and blocked-address
-    flags (mailsync.blocking.recompute_blocked_for_threads) plug in here; both are idempotent, so a
-    crash between commit and this call is repaired by the next sync or a relink.
+    and existing ones with new messages). Linking (the task mailsync.linking.tasks.link_threads) and
+    blocked-address flags (mailsync.linking.blocking.recompute_blocked_for_threads) plug in here; both are
+    idempotent, so a crash between commit and this call is repaired by the next sync or a relink.
     """
-    from mailsync import tasks
-    from mailsync.linking import blocking
-
     ids = sorted(thread_ids)
     if not ids:
         return
     # Blocked flags are cheap (two set-based UPDATEs) and hide mail at once; linking can take longer
     # on a big batch, so it runs as its own task (inline in tests and with CELERY_TASK_ALWAYS_EAGER).
     blocking.recompute_blocked_for_threads(ids)
-    tasks.link_threads.delay(ids)
+    linking_tasks.link_threads.delay(ids)
 
 
 def own_addresses_for(account: EmailAccount) -> frozenset[str]:
@@ -261,15 +259,6 @@ def ingest_batch(
 
 
 # --- the transaction ------------------------------------------------------------------------------
-
-
-def lock_owner_mail(owner_id: int) -> None:
-    """Serialise mail writes of one owner until the end of the current transaction (PostgreSQL).
-
-    SQLite (make run) already serialises writers with its IMMEDIATE transactions."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, owner_id])
 
 
 def _compress_bodies_with_lz4() -> None:

@@ -2,7 +2,7 @@
 
 `run_forever()` is what `manage.py sync_mail` (without --once) runs next to the Celery workers. Each
 account gets a thread that keeps an IDLE on INBOX (re-issued well within the 29 minutes servers
-allow) and runs `sync.sync_account` whenever the server reports a change, and at least every
+allow) and runs `engine.sync_account` whenever the server reports a change, and at least every
 MAILSYNC_SYNC_INTERVAL seconds. The per-account sync lock makes this safe next to beat-driven syncs.
 """
 
@@ -18,7 +18,7 @@ from django.db import close_old_connections, connection
 from mailsync.models import EmailAccount
 from mailsync.protocols import errors, imap
 
-from . import engine as sync
+from . import engine
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class AccountWatcher(threading.Thread):
 
     def _sync(self) -> None:
         while not self.stop_event.is_set():
-            report = sync.sync_account(self.account_id)
+            report = engine.sync_account(self.account_id)
             self.syncs += 1
             if not report.more_work or report.error is not None:
                 return

@@ -12,18 +12,13 @@ from django.db import transaction
 
 from crm.models import User
 from mailsync.models import EmailAccount, MailFolder, MailSettings
-from mailsync.sync import engine as sync
+from mailsync.sync import engine
+from mailsync.sync.tasks import sync_after_commit
 
 from . import conversation_services
 
 State = EmailAccount.State
 PAST_SYNC_MONTHS = (1, 3, 6, 12)
-
-
-def _enqueue_sync(account_id: int) -> None:
-    from mailsync import tasks
-
-    transaction.on_commit(lambda: tasks.sync_account.delay(account_id))
 
 
 def selectable_folders(account: EmailAccount):
@@ -49,7 +44,7 @@ def set_folder_selection(*, account: EmailAccount, sync_all: bool, selected_fold
     locked.save(update_fields=["sync_all_folders", "updated_at"])
     account.sync_all_folders = sync_all
     if locked.state not in (State.PAUSED, State.REMOVED, State.NEEDS_REAUTH):
-        _enqueue_sync(locked.pk)  # newly chosen folders start syncing now, not at the next interval
+        sync_after_commit(locked.pk)  # newly chosen folders start syncing now, not at the next interval
 
 
 @transaction.atomic
@@ -64,8 +59,8 @@ def start_past_sync(*, account: EmailAccount, months: int, only_contacts: bool) 
         raise ValidationError(f"{locked.email_address} is {locked.get_state_display().lower()}: fix that first.")
     if locked.past_sync_state in ("queued", "running"):
         raise ValidationError("A past-email sync is already running for this account.")
-    sync.request_past_sync(locked, months=months, only_contacts=only_contacts)
-    _enqueue_sync(locked.pk)
+    engine.request_past_sync(locked, months=months, only_contacts=only_contacts)
+    sync_after_commit(locked.pk)
     locked.refresh_from_db()
     return locked
 
@@ -80,7 +75,7 @@ def sync_now(*, account: EmailAccount) -> None:
         raise ValidationError("The mail server no longer accepts the saved login: re-authenticate first.")
     if locked.state == State.REMOVED:
         raise ValidationError("This account was removed.")
-    _enqueue_sync(locked.pk)
+    sync_after_commit(locked.pk)
 
 
 @transaction.atomic

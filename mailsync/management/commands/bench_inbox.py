@@ -34,7 +34,7 @@ from django.utils import timezone
 from contacts.models import Organization, Person, PersonEmail
 from crm.models import User
 from deals.models import Deal, Pipeline, Stage
-from mailsync.mailboxes import placement as mailbox
+from mailsync.mailboxes import placement
 from mailsync.models import (
     Attachment,
     EmailAccount,
@@ -157,7 +157,7 @@ class Command(BaseCommand):
         self._say(f"seeded {messages:,} messages in {threads_made:,} threads in {seeded:.1f}s")
 
         started = time.perf_counter()
-        mailbox.rebuild_all(user=user)
+        placement.rebuild_all(user=user)
         built = time.perf_counter() - started
         self._say(
             f"mailsync.mailboxes.placement.rebuild_all (placement, list rows, search documents): {built:.1f}s "

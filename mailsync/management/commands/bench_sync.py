@@ -30,7 +30,7 @@ from devtools.mailservers import DovecotServer, TestCA, UserRegistry
 from mailsync.accounts.services import account_imap_config
 from mailsync.models import EmailAccount, EmailMessage
 from mailsync.protocols import imap
-from mailsync.sync import engine as sync
+from mailsync.sync import engine
 
 
 class Command(BaseCommand):
@@ -86,7 +86,7 @@ class Command(BaseCommand):
             started = time.perf_counter()
             runs = 0
             while True:
-                report = sync.sync_account(account.pk, time_budget=3600)
+                report = engine.sync_account(account.pk, time_budget=3600)
                 runs += 1
                 if report.error is not None:
                     raise CommandError(f"sync failed: {report.error}")
@@ -99,10 +99,10 @@ class Command(BaseCommand):
             verdict = "OK" if ratio <= 1.5 else "ABOVE TARGET"
             self._say(f"full sync / floor = {ratio:.2f}x (target <= 1.5x): {verdict}")
 
-            cold = self._timed(lambda: sync.sync_account(account.pk), 15)
+            cold = self._timed(lambda: engine.sync_account(account.pk), 15)
             self._say(f"no-change pass, connect + login: median {cold * 1000:.1f} ms (target < 50 ms)")
             with imap.connect(account_imap_config(account)) as session:
-                warm = self._timed(lambda: sync.sync_account(account.pk, session=session), 15)
+                warm = self._timed(lambda: engine.sync_account(account.pk, session=session), 15)
             self._say(f"no-change pass, open connection: median {warm * 1000:.1f} ms")
         finally:
             if not keep:

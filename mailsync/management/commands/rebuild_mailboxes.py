@@ -10,7 +10,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from crm.models import User
-from mailsync.mailboxes import placement as mailbox
+from mailsync.mailboxes import placement
 
 
 class Command(BaseCommand):
@@ -26,5 +26,5 @@ class Command(BaseCommand):
             if owner is None:
                 raise CommandError(f"No user with the address {user}.")
         started = time.perf_counter()
-        threads = mailbox.rebuild_all(user=owner)
+        threads = placement.rebuild_all(user=owner)
         self.stdout.write(f"{threads} conversations rebuilt in {time.perf_counter() - started:.1f}s")

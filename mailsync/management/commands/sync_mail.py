@@ -8,8 +8,7 @@ within seconds of new mail, plus a full pass every MAILSYNC_SYNC_INTERVAL second
 from django.core.management.base import BaseCommand, CommandError
 
 from mailsync.models import EmailAccount
-from mailsync.sync import engine as sync
-from mailsync.sync import watcher
+from mailsync.sync import engine, watcher
 
 
 class Command(BaseCommand):
@@ -18,7 +17,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--account", action="append", default=[], help="Account id or address (repeatable)")
         parser.add_argument("--once", action="store_true", help="Sync until done, then exit")
-        parser.add_argument("--time-budget", type=float, default=sync.DEFAULT_TIME_BUDGET)
+        parser.add_argument("--time-budget", type=float, default=engine.DEFAULT_TIME_BUDGET)
 
     def handle(self, *args, account, once, time_budget, **options):
         accounts = [self._account(value) for value in account]
@@ -27,7 +26,7 @@ class Command(BaseCommand):
             watcher.run_forever(account_ids=[a.pk for a in accounts] or None)
             return
         failures = 0
-        for item in accounts or list(sync.due_accounts()):
+        for item in accounts or list(engine.due_accounts()):
             line, failed = self._sync_until_done(item, time_budget)
             failures += failed
             (self.stderr if failed else self.stdout).write(f"{item.email_address}: {line}")
@@ -37,7 +36,7 @@ class Command(BaseCommand):
     def _sync_until_done(self, account: EmailAccount, time_budget: float) -> tuple[str, bool]:
         created = existing = flags = deleted = 0
         while True:
-            report = sync.sync_account(account.pk, time_budget=time_budget)
+            report = engine.sync_account(account.pk, time_budget=time_budget)
             if not report.locked:
                 return "another sync of this account is running; skipped", False
             created += report.created
