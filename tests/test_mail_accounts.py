@@ -17,6 +17,7 @@ from django.utils import timezone
 from conftest import client_for
 from mailsync import tasks
 from mailsync.accounts import providers, services
+from mailsync.connection import config
 from mailsync.models import AccountAddress, AuthKind, EmailAccount, EmailMessage, EmailThread, MailFolder, crypto
 from mailsync.protocols import errors, oauth
 
@@ -287,7 +288,7 @@ def trusted_test_ca(settings, test_ca):
     return test_ca
 
 
-def dovecot_settings(dovecot, smtp_server, user, **overrides) -> services.AccountSettings:
+def dovecot_settings(dovecot, smtp_server, user, **overrides) -> config.AccountSettings:
     values = {
         "email_address": user.address,
         "provider": "custom",
@@ -301,7 +302,7 @@ def dovecot_settings(dovecot, smtp_server, user, **overrides) -> services.Accoun
         "smtp_security": "starttls",
     }
     values.update(overrides)
-    return services.AccountSettings(**values)
+    return config.AccountSettings(**values)
 
 
 def make_messages(account: EmailAccount, count: int) -> list[int]:
@@ -317,7 +318,7 @@ def make_messages(account: EmailAccount, count: int) -> list[int]:
 @pytest.fixture
 def connected_account(db, alice, dovecot, smtp_server, mail_user, trusted_test_ca):
     account_settings = dovecot_settings(dovecot, smtp_server, mail_user)
-    services.check_connection(account_settings=account_settings, secret=mail_user.password)
+    config.check_connection(account_settings=account_settings, secret=mail_user.password)
     return services.connect_account(user=alice, account_settings=account_settings, secret=mail_user.password)
 
 
@@ -326,12 +327,12 @@ def test_check_connection_uses_the_deployment_ca(db, dovecot, smtp_server, mail_
     account_settings = dovecot_settings(dovecot, smtp_server, mail_user)
     settings.MAILSYNC_TRUSTED_CA_FILE = ""
     with pytest.raises(errors.TlsCertificateError):
-        services.check_connection(account_settings=account_settings, secret=mail_user.password)
+        config.check_connection(account_settings=account_settings, secret=mail_user.password)
     settings.MAILSYNC_TRUSTED_CA_FILE = str(test_ca.ca_path)
-    services.check_connection(account_settings=account_settings, secret=mail_user.password)
+    config.check_connection(account_settings=account_settings, secret=mail_user.password)
     # IMAP is fine; the SMTP step runs too (here the server wants STARTTLS before offering AUTH).
     with pytest.raises(errors.SmtpAuthUnavailable):
-        services.check_connection(
+        config.check_connection(
             account_settings=dovecot_settings(dovecot, smtp_server, mail_user, smtp_security="none"),
             secret=mail_user.password,
         )
@@ -468,7 +469,7 @@ def test_oauth_account_refreshes_its_token_and_logs_in_with_xoauth2(
     stored = oauth.OAuthTokens.from_secret(account.get_secret())
     assert (stored.access_token, stored.refresh_token) == (mail_user.access_token, "refresh-1")
     assert token_endpoint.requests[0][1]["grant_type"] == "refresh_token"
-    assert services.account_imap_config(account).secret == mail_user.access_token  # no second refresh
+    assert config.account_imap_config(account).secret == mail_user.access_token  # no second refresh
     assert len(token_endpoint.requests) == 1
 
 

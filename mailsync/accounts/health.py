@@ -33,7 +33,7 @@ REMOVED = "removed"
 
 LABELS = {OK: "Working", SYNCING: "Syncing", ATTENTION: "Needs attention", PAUSED: "Paused", REMOVED: "Removed"}
 # Never "stale" sooner than this: a transient failure is retried quietly with a backoff of 1, then 2
-# minutes before an account shows "error" (services.ERROR_AFTER); the banner must not beat that.
+# minutes before an account shows "error" (mailsync.connection.state.ERROR_AFTER); the banner must not beat that.
 MIN_STALE_SECONDS = 600
 # States in which the scheduler is expected to sync the account (services / sync.due_accounts).
 ACTIVE_STATES = (State.CONNECTING, State.INITIAL_SYNC, State.SYNCING)

@@ -3,26 +3,28 @@
 Network I/O (connection tests, OAuth refresh) never runs inside a database transaction: test first, then
 write the outcome in one short transaction. Removing or pausing an account never deletes synced mail;
 connecting the same mailbox again re-activates its row, so its messages are neither lost nor duplicated.
-
-For the sync engine: `account_imap_config(account)` / `account_smtp_config(account)` build the
-connection configs (decrypting the secret, refreshing an OAuth2 token when it is about to expire), and
-`record_connection_failure` / `record_connection_success` keep the account's state and error in line.
+A write that makes an account syncable again (connect, resume, a fixed login) starts its sync after the
+commit (mailsync.sync.tasks). How an account connects, and how a failure is recorded on it, is
+mailsync.connection's: the sync engine, the watcher and sending use it without going through here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from crm.models import User
+from mailsync.connection.config import (
+    AccountSettings,
+    check_account,
+    store_secret,
+)
+from mailsync.connection.state import clear_error, record_connection_failure
 from mailsync.models import AccountAddress, AuthKind, EmailAccount, MailFolder, crypto
-from mailsync.protocols import errors, imap, oauth, smtp
+from mailsync.protocols import errors, oauth
 from mailsync.sync.tasks import sync_after_commit
 
 from . import providers
@@ -30,26 +32,6 @@ from . import providers
 logger = logging.getLogger(__name__)
 
 State = EmailAccount.State
-ERROR_AFTER = 3  # consecutive transient failures before a working account shows an error
-RETRY_BACKOFF_MAX_SECONDS = 3600
-
-
-@dataclass(frozen=True)
-class AccountSettings:
-    """Where and how to connect (everything except the secret)."""
-
-    email_address: str
-    provider: str
-    username: str
-    auth_kind: str
-    imap_host: str
-    imap_port: int
-    imap_security: str
-    smtp_host: str
-    smtp_port: int
-    smtp_security: str
-    attachment_limit_mb: int = 25
-    display_name: str = ""
 
 
 def settings_from_preset(
@@ -75,134 +57,7 @@ def settings_from_preset(
 
 
 # --------------------------------------------------------------------------------------------------
-# Connection configs and tests (no database writes)
-
-
-def deployment_trusted_ca_pem() -> str:
-    """The CA an admin trusts for every account (settings.MAILSYNC_TRUSTED_CA_FILE), or ""."""
-    path = getattr(settings, "MAILSYNC_TRUSTED_CA_FILE", "")
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text()
-    except OSError:
-        logger.warning("MAILSYNC_TRUSTED_CA_FILE %s cannot be read", path)
-        return ""
-
-
-def trusted_ca_for(account_ca_pem: str = "") -> str:
-    return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), account_ca_pem) if pem.strip())
-
-
-def _protocol_auth_kind(auth_kind: str) -> str:
-    return imap.AUTH_OAUTH2 if auth_kind == AuthKind.OAUTH2 else "password"
-
-
-def imap_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pem: str = "") -> imap.ImapConfig:
-    return imap.ImapConfig(
-        host=account_settings.imap_host,
-        port=account_settings.imap_port,
-        security=account_settings.imap_security,
-        username=account_settings.username,
-        secret=secret,
-        auth_kind=_protocol_auth_kind(account_settings.auth_kind),
-        trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
-        timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
-    )
-
-
-def smtp_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pem: str = "") -> smtp.SmtpConfig:
-    return smtp.SmtpConfig(
-        host=account_settings.smtp_host,
-        port=account_settings.smtp_port,
-        security=account_settings.smtp_security,
-        username=account_settings.username,
-        secret=secret,
-        auth_kind=_protocol_auth_kind(account_settings.auth_kind),
-        trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
-        timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
-    )
-
-
-def check_connection(*, account_settings: AccountSettings, secret: str, trusted_ca_pem: str = "") -> None:
-    """Log in over IMAP (and list the folders), then over SMTP. Raises a classified errors.MailError."""
-    with imap.connect(imap_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem)) as session:
-        session.list_folders()
-    if account_settings.smtp_host:
-        smtp.verify_login(smtp_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem))
-
-
-def settings_of(account: EmailAccount) -> AccountSettings:
-    return AccountSettings(
-        email_address=account.email_address,
-        provider=account.provider,
-        username=account.username,
-        auth_kind=account.auth_kind,
-        imap_host=account.imap_host,
-        imap_port=account.imap_port,
-        imap_security=account.imap_security,
-        smtp_host=account.smtp_host,
-        smtp_port=account.smtp_port,
-        smtp_security=account.smtp_security,
-        attachment_limit_mb=account.attachment_limit_mb,
-        display_name=account.display_name,
-    )
-
-
-def current_secret(account: EmailAccount) -> str:
-    """The password, or a fresh OAuth2 access token (refreshed and stored when about to expire)."""
-    secret = account.get_secret()
-    if not secret:
-        raise errors.AuthFailed("No credentials are stored for this account.", detail="empty secret")
-    if account.auth_kind != AuthKind.OAUTH2:
-        return secret
-    tokens = oauth.OAuthTokens.from_secret(secret)
-    if tokens.expires_soon():
-        tokens = oauth.refresh_access_token(tokens.provider, refresh_token=tokens.refresh_token)
-        _store_secret(account=account, secret=tokens.to_secret())
-    return tokens.access_token
-
-
-@transaction.atomic
-def _store_secret(*, account: EmailAccount, secret: str) -> None:
-    account.set_secret(secret)
-    account.save(update_fields=["secret_encrypted", "updated_at"])
-
-
-def account_imap_config(account: EmailAccount) -> imap.ImapConfig:
-    """The IMAP config of a saved account, for the sync engine (may refresh the OAuth2 token)."""
-    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
-
-
-def account_smtp_config(account: EmailAccount) -> smtp.SmtpConfig:
-    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
-
-
-def check_account(account: EmailAccount, *, secret: str | None = None) -> None:
-    """Test a saved account with its stored credentials (or `secret`). Raises errors.MailError."""
-    secret = current_secret(account) if secret is None else secret
-    check_connection(account_settings=settings_of(account), secret=secret, trusted_ca_pem=account.trusted_ca_pem)
-
-
-# --------------------------------------------------------------------------------------------------
 # Writes
-
-
-def _clear_error(account: EmailAccount) -> list[str]:
-    account.last_error_code = ""
-    account.last_error_message = ""
-    account.last_error_fix = ""
-    account.last_error_detail = ""
-    account.consecutive_failures = 0
-    account.next_retry_at = None
-    return [
-        "last_error_code",
-        "last_error_message",
-        "last_error_fix",
-        "last_error_detail",
-        "consecutive_failures",
-        "next_retry_at",
-    ]
 
 
 @transaction.atomic
@@ -233,54 +88,11 @@ def connect_account(
     account.set_secret(secret)
     account.state = State.CONNECTING
     account.removed_at = None
-    _clear_error(account)
+    clear_error(account)
     account.save()
     AccountAddress.objects.get_or_create(account=account, address=address)
     sync_after_commit(account.pk)
     return account
-
-
-def _apply_failure(account: EmailAccount, error: errors.MailError) -> list[str]:
-    now = timezone.now()
-    account.last_error_code = error.code[:40]
-    account.last_error_message = error.message
-    account.last_error_fix = error.fix
-    account.last_error_detail = error.detail
-    account.last_error_at = now
-    account.consecutive_failures += 1
-    account.next_retry_at = None
-    if not error.needs_reauth:
-        # Authentication problems wait for the user (A6); anything else is retried with a backoff.
-        delay = min(60 * 2 ** (account.consecutive_failures - 1), RETRY_BACKOFF_MAX_SECONDS)
-        account.next_retry_at = now + dt.timedelta(seconds=delay)
-    if account.state in {State.PAUSED, State.REMOVED}:
-        pass
-    elif error.needs_reauth:
-        account.state = State.NEEDS_REAUTH
-    elif not error.transient or account.state == State.CONNECTING or account.consecutive_failures >= ERROR_AFTER:
-        # A network blip on a working account is retried quietly; the account shows "error" (and its
-        # banner) only when it keeps failing, or when the user is waiting for a new account to connect.
-        account.state = State.ERROR
-    return [
-        "last_error_code",
-        "last_error_message",
-        "last_error_fix",
-        "last_error_detail",
-        "last_error_at",
-        "consecutive_failures",
-        "next_retry_at",
-        "state",
-        "updated_at",
-    ]
-
-
-@transaction.atomic
-def record_connection_failure(*, account: EmailAccount, error: errors.MailError) -> EmailAccount:
-    """Store a classified error; auth errors -> "needs re-authentication" (A6), others -> "error".
-    A paused or removed account keeps its state."""
-    locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
-    locked.save(update_fields=_apply_failure(locked, error))
-    return locked
 
 
 @transaction.atomic
@@ -288,7 +100,7 @@ def record_connection_success(*, account: EmailAccount, restart_sync: bool = Tru
     """Clear the error; an account in error / needs re-authentication goes back to connecting (and its sync
     is enqueued). Paused and removed accounts keep their state."""
     locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
-    fields = [*_clear_error(locked), "updated_at"]
+    fields = [*clear_error(locked), "updated_at"]
     if locked.state in {State.ERROR, State.NEEDS_REAUTH}:
         locked.state = State.CONNECTING
         fields.append("state")
@@ -318,7 +130,7 @@ def reauthenticate(*, account: EmailAccount, new_secret: str | None = None) -> e
         record_connection_failure(account=account, error=error)
         return error
     if new_secret is not None:
-        _store_secret(account=account, secret=new_secret)
+        store_secret(account=account, secret=new_secret)
     record_connection_success(account=account)
     return None
 
@@ -388,7 +200,7 @@ def run_connection_check(*, account_id: int) -> EmailAccount | None:
 @transaction.atomic
 def _mark_connected(*, account_id: int) -> EmailAccount:
     locked = EmailAccount.objects.select_for_update().get(pk=account_id)
-    fields = [*_clear_error(locked), "last_sync_at", "updated_at"]
+    fields = [*clear_error(locked), "last_sync_at", "updated_at"]
     locked.last_sync_at = timezone.now()
     if locked.state in {State.CONNECTING, State.ERROR, State.NEEDS_REAUTH}:
         locked.state = State.INITIAL_SYNC if locked.initial_sync_done_at is None else State.SYNCING

@@ -33,6 +33,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from contacts.models import PersonEmail
+from mailsync.connection.config import account_imap_config
+from mailsync.connection.state import record_connection_failure
 from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation
 from mailsync.protocols import errors, imap
@@ -97,8 +99,6 @@ def sync_account(account_id: int, *, time_budget: float = DEFAULT_TIME_BUDGET, s
             if session is not None:
                 _run(account, session, report, time_budget)
             else:
-                from mailsync.accounts.services import account_imap_config
-
                 with imap.connect(account_imap_config(account)) as new_session:
                     _run(account, new_session, report, time_budget)
         except errors.MailError as error:
@@ -568,8 +568,6 @@ def _record_success(account: EmailAccount, report: SyncReport) -> None:
 
 
 def _record_failure(account: EmailAccount, error: errors.MailError) -> None:
-    from mailsync.accounts.services import record_connection_failure
-
     record_connection_failure(account=account, error=error)
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from mailsync.accounts import services
+from mailsync.connection.config import account_imap_config
+from mailsync.connection.state import record_connection_failure
 from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation, PendingServerAction
 from mailsync.protocols import errors, imap
@@ -97,13 +98,13 @@ def apply_pending_on_server(*, account_id: int, final_attempt: bool = True) -> S
                 if final_attempt:
                     return ServerReport(skipped="account busy: kept for its next sync")
                 raise RetryLater(f"account {account.pk} is syncing")
-            with imap.connect(services.account_imap_config(account)) as session:
+            with imap.connect(account_imap_config(account)) as session:
                 return replay_pending(session, account)
     except errors.MailError as error:
         if error.transient and not final_attempt:
             raise RetryLater(str(error)) from error
         logger.warning("replaying actions on the server failed for account %s: %s", account.pk, error)
-        services.record_connection_failure(account=account, error=error)
+        record_connection_failure(account=account, error=error)
         return ServerReport(skipped=error.message)
 
 

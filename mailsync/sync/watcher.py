@@ -15,6 +15,7 @@ import time
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from mailsync.connection.config import account_imap_config
 from mailsync.models import EmailAccount
 from mailsync.protocols import errors, imap
 
@@ -66,8 +67,6 @@ class AccountWatcher(threading.Thread):
             connection.close()
 
     def _watch(self) -> None:
-        from mailsync.accounts.services import account_imap_config
-
         account = self._account()
         if account is None:
             self.stop()

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from mailsync.accounts import health, providers, selectors, services
+from mailsync.connection import config as connection_config
 from mailsync.models import AuthKind, BlockedAddress, EmailAccount, crypto
 from mailsync.protocols import errors, oauth
 
@@ -341,7 +342,7 @@ def account_add(request: HttpRequest) -> HttpResponse:
                 existing = selectors.find_account(request.user, form.cleaned_data["email_address"])
                 secret = form.cleaned_data["password"]
                 try:
-                    services.check_connection(
+                    connection_config.check_connection(
                         account_settings=resolution.account_settings,
                         secret=secret,
                         trusted_ca_pem=existing.trusted_ca_pem if existing else "",

@@ -27,7 +27,7 @@ from crm.celery import app as celery_app
 from crm.models import User
 from devtools import mailgen
 from devtools.mailservers import DovecotServer, TestCA, UserRegistry
-from mailsync.accounts.services import account_imap_config
+from mailsync.connection.config import account_imap_config
 from mailsync.models import EmailAccount, EmailMessage
 from mailsync.protocols import imap
 from mailsync.sync import engine

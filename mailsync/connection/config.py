@@ -1,0 +1,148 @@
+"""How to reach a saved mail account's servers: its settings, its credentials, its IMAP and SMTP configs.
+
+`account_imap_config(account)` / `account_smtp_config(account)` build the plain configs that
+mailsync.protocols needs, decrypting the secret and refreshing an OAuth2 token when it is about to
+expire (the new token is stored at once). `check_connection` logs in over IMAP and SMTP with settings
+that are not saved yet (the add-account form) and `check_account` with a saved account's.
+
+Used by the sync engine, the IDLE watcher, the outbox replay, sending and the account services; none of
+them needs another to know how an account connects. Network I/O here never runs inside a transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from mailsync.models import AuthKind, EmailAccount
+from mailsync.protocols import errors, imap, oauth, smtp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """Where and how to connect (everything except the secret)."""
+
+    email_address: str
+    provider: str
+    username: str
+    auth_kind: str
+    imap_host: str
+    imap_port: int
+    imap_security: str
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    attachment_limit_mb: int = 25
+    display_name: str = ""
+
+
+def deployment_trusted_ca_pem() -> str:
+    """The CA an admin trusts for every account (settings.MAILSYNC_TRUSTED_CA_FILE), or ""."""
+    path = getattr(settings, "MAILSYNC_TRUSTED_CA_FILE", "")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        logger.warning("MAILSYNC_TRUSTED_CA_FILE %s cannot be read", path)
+        return ""
+
+
+def trusted_ca_for(account_ca_pem: str = "") -> str:
+    return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), account_ca_pem) if pem.strip())
+
+
+def _protocol_auth_kind(auth_kind: str) -> str:
+    return imap.AUTH_OAUTH2 if auth_kind == AuthKind.OAUTH2 else "password"
+
+
+def imap_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pem: str = "") -> imap.ImapConfig:
+    return imap.ImapConfig(
+        host=account_settings.imap_host,
+        port=account_settings.imap_port,
+        security=account_settings.imap_security,
+        username=account_settings.username,
+        secret=secret,
+        auth_kind=_protocol_auth_kind(account_settings.auth_kind),
+        trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
+        timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
+    )
+
+
+def smtp_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pem: str = "") -> smtp.SmtpConfig:
+    return smtp.SmtpConfig(
+        host=account_settings.smtp_host,
+        port=account_settings.smtp_port,
+        security=account_settings.smtp_security,
+        username=account_settings.username,
+        secret=secret,
+        auth_kind=_protocol_auth_kind(account_settings.auth_kind),
+        trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
+        timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
+    )
+
+
+def check_connection(*, account_settings: AccountSettings, secret: str, trusted_ca_pem: str = "") -> None:
+    """Log in over IMAP (and list the folders), then over SMTP. Raises a classified errors.MailError."""
+    with imap.connect(imap_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem)) as session:
+        session.list_folders()
+    if account_settings.smtp_host:
+        smtp.verify_login(smtp_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem))
+
+
+def settings_of(account: EmailAccount) -> AccountSettings:
+    return AccountSettings(
+        email_address=account.email_address,
+        provider=account.provider,
+        username=account.username,
+        auth_kind=account.auth_kind,
+        imap_host=account.imap_host,
+        imap_port=account.imap_port,
+        imap_security=account.imap_security,
+        smtp_host=account.smtp_host,
+        smtp_port=account.smtp_port,
+        smtp_security=account.smtp_security,
+        attachment_limit_mb=account.attachment_limit_mb,
+        display_name=account.display_name,
+    )
+
+
+def current_secret(account: EmailAccount) -> str:
+    """The password, or a fresh OAuth2 access token (refreshed and stored when about to expire)."""
+    secret = account.get_secret()
+    if not secret:
+        raise errors.AuthFailed("No credentials are stored for this account.", detail="empty secret")
+    if account.auth_kind != AuthKind.OAUTH2:
+        return secret
+    tokens = oauth.OAuthTokens.from_secret(secret)
+    if tokens.expires_soon():
+        tokens = oauth.refresh_access_token(tokens.provider, refresh_token=tokens.refresh_token)
+        store_secret(account=account, secret=tokens.to_secret())
+    return tokens.access_token
+
+
+@transaction.atomic
+def store_secret(*, account: EmailAccount, secret: str) -> None:
+    account.set_secret(secret)
+    account.save(update_fields=["secret_encrypted", "updated_at"])
+
+
+def account_imap_config(account: EmailAccount) -> imap.ImapConfig:
+    """The IMAP config of a saved account, for the sync engine (may refresh the OAuth2 token)."""
+    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
+
+
+def account_smtp_config(account: EmailAccount) -> smtp.SmtpConfig:
+    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
+
+
+def check_account(account: EmailAccount, *, secret: str | None = None) -> None:
+    """Test a saved account with its stored credentials (or `secret`). Raises errors.MailError."""
+    secret = current_secret(account) if secret is None else secret
+    check_connection(account_settings=settings_of(account), secret=secret, trusted_ca_pem=account.trusted_ca_pem)
