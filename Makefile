@@ -30,9 +30,11 @@ run: venv
 	$(BIN)/python manage.py sync_mail & \
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-## make test: lint, migration check and the whole suite against PostgreSQL (TEST_DATABASE_URL).
+## make test: lint, the import contracts (.importlinter), migration check and the whole suite against
+## PostgreSQL (TEST_DATABASE_URL).
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_ARGS)
 
