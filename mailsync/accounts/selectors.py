@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404
 
 from crm.models import User
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MailSettings, PendingServerAction
+from mailsync.sync.engine import ROLE_ORDER
 
 
 def _count_of(model, **filters) -> Coalesce:
@@ -48,8 +49,6 @@ def find_account(user: User, email_address: str) -> EmailAccount | None:
 
 def folders_by_role(folders) -> list[MailFolder]:
     """Inbox, Sent, Archive... first, then the others by name (the order the sync engine uses)."""
-    from mailsync.sync.engine import ROLE_ORDER
-
     return sorted(folders, key=lambda folder: (ROLE_ORDER.get(folder.role, 4), folder.name.lower()))
 
 
