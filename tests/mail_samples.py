@@ -1,6 +1,6 @@
 """Raw emails for the thread view tests: hostile HTML, remote and inline images, right-to-left text.
 
-They go through the real pipeline (mailsync.ingest.ingest_raw -> parsing -> nh3 sanitiser), so the tests
+They go through the real pipeline (mailsync.sync.ingest.ingest_raw -> parsing -> nh3 sanitiser), so the tests
 check what a user would really see, not hand-made "already sanitised" HTML.
 """
 

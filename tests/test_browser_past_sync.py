@@ -1,8 +1,8 @@
 """Settings > Email sync > "Sync past emails" in real Chromium against the test Dovecot (S4).
 
-The sync runs the way it does in production: the page's POST enqueues mailsync.tasks.sync_account on
-commit, and a real Celery worker (in a thread of this process, in-memory broker) runs it while the
-page polls its progress bar. Nothing is eager here, so the bar is seen moving, not just finished.
+The sync runs the way it does in production: the page's POST enqueues the sync_account task
+(mailsync.sync.tasks) on commit, and a real Celery worker (in a thread of this process, in-memory broker)
+runs it while the page polls its progress bar. Nothing is eager here, so the bar is seen moving, not just finished.
 """
 
 import datetime as dt

@@ -1,4 +1,5 @@
-"""mailsync/imap.py against a real Dovecot (tests/mailservers.py): TLS, login, classified errors, primitives."""
+"""mailsync/protocols/imap.py against a real Dovecot (tests/mailservers.py): TLS, login, classified errors,
+primitives."""
 
 import datetime as dt
 import logging

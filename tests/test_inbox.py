@@ -1,5 +1,5 @@
 """The mail workspace lists: Inbox, Sent, Archive, Trash of the user's own mail, filters (F2), search,
-placement and list rows (mailsync.mailbox), visibility (P1-P3) and the cost of a page."""
+placement and list rows (mailsync.mailboxes), visibility (P1-P3) and the cost of a page."""
 
 import datetime as dt
 import itertools
@@ -74,7 +74,7 @@ def listed(user, mailbox_name: str = Mailbox.INBOX, filters: InboxFilters | None
     return [row.entry.thread_id for row in page.rows]
 
 
-# --- placement (mailsync.mailbox.place) -------------------------------------------------------------------
+# --- placement (mailsync.mailboxes.placement.place) ---------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_rebuild_repairs_stale_rows_and_refresh_user_mailboxes_finds_them(alice)
     assert placement.refresh_user_mailboxes(alice) == 0
 
 
-# --- the lists agree with mailsync.access -------------------------------------------------------------
+# --- the lists agree with mailsync.linking.access -----------------------------------------------------
 
 
 def test_lists_hold_exactly_the_threads_access_lets_the_owner_see(alice, bob):

@@ -1,4 +1,5 @@
-"""mailsync/smtp.py against real aiosmtpd servers (STARTTLS + AUTH, implicit TLS) from tests/mailservers.py."""
+"""mailsync/protocols/smtp.py against real aiosmtpd servers (STARTTLS + AUTH, implicit TLS) from
+tests/mailservers.py."""
 
 import logging
 import time

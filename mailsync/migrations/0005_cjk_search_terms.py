@@ -2,15 +2,15 @@
 
 PostgreSQL's parser keeps a run of CJK characters as one word ("明日の会議について"), so no word of it
 could be found. mailsync_cjk_terms(text) returns every two-character piece of each run, plus its last
-character, which the search documents add to the text (mailsync.mailbox) and the query side matches
-(mailsync.inbox.search). Documents written before this migration get the pieces when they are rebuilt
+character, which the search documents add to the text (mailsync.mailboxes.search) and the query side matches
+(mailsync.workspace.inbox.search). Documents written before this migration get the pieces when they are rebuilt
 (`manage.py rebuild_mailboxes`).
 """
 
 from django.db import migrations
 
 # Hiragana + Katakana, CJK extension A, CJK unified ideographs, compatibility ideographs, Hangul syllables.
-# Kept in step with mailsync.inbox.CJK_RUN_RE.
+# Kept in step with mailsync.workspace.inbox.CJK_RUN_RE.
 CJK_CLASS = r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
 
 CREATE = rf"""

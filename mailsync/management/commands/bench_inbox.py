@@ -4,7 +4,7 @@
    ingestion stores them: three accounts with Inbox / Sent / Archive / Trash / a project folder,
    participants from a few hundred correspondents (some of them CRM contacts), realistic subjects and
    bodies in several languages, 8% unread, threads linked to deals (one big deal with 300 threads).
-   Rows go in with COPY; then mailsync.mailbox.rebuild_all places every message and builds the list
+   Rows go in with COPY; then mailsync.mailboxes.placement.rebuild_all places every message and builds the list
    rows and search documents (timed: that is the same code ingestion runs per batch). When the user
    already has the messages (an earlier run with --keep), seeding is skipped.
 2. Measures with Django's test client (force_login, the whole request: middleware, queries, template)

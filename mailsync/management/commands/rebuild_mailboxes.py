@@ -1,5 +1,5 @@
 """`manage.py rebuild_mailboxes [--user EMAIL]`: recompute which list (Inbox, Sent, Archive, Trash) every
-message is in, the list rows and their search documents (mailsync.mailbox.rebuild_all).
+message is in, the list rows and their search documents (mailsync.mailboxes.placement.rebuild_all).
 
 Ingestion, the sync engine and the bulk actions keep all of this up to date by themselves; this is the
 repair tool, and the backfill for mail stored before the lists existed. Idempotent; writes only what
