@@ -4,6 +4,12 @@ Identity rules (see DESIGN.md "Rules that keep mail safe"):
 - a message is unique per account by `message_key` (hash of its Message-ID, or of date+from+subject+size);
 - a copy of it on the server is unique by (folder, uidvalidity, uid) in MessageLocation;
 so the same mail in two folders is one EmailMessage with two locations, and re-running a sync is an upsert.
+
+Owns: the tables of mail sync (app_label "mailsync", migrations in mailsync/migrations) and `crypto`, the
+encryption of credentials at rest behind EmailAccount.set_secret / get_secret. Fields, constraints and
+QuerySets only: writes live in the services of the packages above.
+May import: `protocols` (the classified error of unreadable credentials), Django and the CRM's models.
+Nothing else of mail sync.
 """
 
 from django.conf import settings
