@@ -247,7 +247,9 @@ class EmailAccountAdmin(admin.ModelAdmin):
     def sync_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         from . import tasks
 
-        active = [a for a in queryset if a.state not in {EmailAccount.State.PAUSED, EmailAccount.State.REMOVED}]
+        # "Needs re-authentication" waits for its owner (A6): a sync would only fail again.
+        waiting = {EmailAccount.State.PAUSED, EmailAccount.State.REMOVED, EmailAccount.State.NEEDS_REAUTH}
+        active = [a for a in queryset if a.state not in waiting]
         for account in active:
             tasks.sync_account.delay(account.pk)
         self._log_action(request, active, "Sync requested (admin action).")

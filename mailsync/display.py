@@ -33,7 +33,11 @@ _JOINERS = {"\u200c", "\u200d"}
 def display_filename(name: str, *, fallback: str = "attachment") -> str:
     """A file name as it may be shown or offered for download: no bidi controls, no control or other
     invisible formatting characters, whitespace collapsed; `fallback` when nothing is left."""
-    kept = "".join(ch for ch in (name or "").translate(_BIDI_CONTROLS) if ch.isprintable() or ch in _JOINERS)
+    kept = "".join(
+        " " if ch.isspace() else ch
+        for ch in (name or "").translate(_BIDI_CONTROLS)
+        if ch.isspace() or ch.isprintable() or ch in _JOINERS
+    )
     return " ".join(kept.split()) or fallback
 
 

@@ -201,20 +201,25 @@ def _classify_login_failure(text: str, config: ImapConfig) -> errors.MailError:
 
 
 _BANNER_KINDS = (
-    (re.compile(r"^SSH-", re.IGNORECASE), "an SSH server"),
-    (re.compile(r"^HTTP/|<html|^<!doctype", re.IGNORECASE), "a web server"),
+    (re.compile(r"^SSH-|OpenSSH|dropbear", re.IGNORECASE), "an SSH server"),
+    (re.compile(r"^HTTP/|<html|<!doctype", re.IGNORECASE), "a web server"),
     (re.compile(r"^\+OK|POP3", re.IGNORECASE), "a POP3 server"),
     (re.compile(r"^220[ -].*FTP", re.IGNORECASE), "an FTP server"),
     (re.compile(r"^220[ -]|E?SMTP", re.IGNORECASE), "an SMTP server"),
     (re.compile(r"^\* (OK|PREAUTH|BYE)", re.IGNORECASE), "an IMAP server"),
 )
+_UNEXPECTED_RESPONSE = re.compile(r"^unexpected response: b?(['\"])(.*)\1$", re.DOTALL)
 
 
 def describe_banner(text: str) -> str:
     """What kind of service greeted, in our words: the greeting of a server that has not shown it is a mail
     server is never echoed (the add-account form must not become a way to read internal services' banners)."""
+    greeting = text.strip()
+    wrapped = _UNEXPECTED_RESPONSE.match(greeting)  # imaplib's words around the greeting
+    if wrapped:
+        greeting = wrapped.group(2).strip()
     for pattern, kind in _BANNER_KINDS:
-        if pattern.search(text.strip()):
+        if pattern.search(greeting):
             return kind
     return "an unknown service"
 

@@ -180,6 +180,8 @@ def settings_of(account: EmailAccount) -> AccountSettings:
 def current_secret(account: EmailAccount) -> str:
     """The password, or a fresh OAuth2 access token (refreshed and stored when about to expire)."""
     secret = account.get_secret()
+    if not secret and account.last_error_code == errors.ServerSettingsChanged.code:
+        raise errors.ServerSettingsChanged(detail="empty secret", protocol="imap")  # still waiting for the owner
     if not secret:
         raise errors.AuthFailed("No credentials are stored for this account.", detail="empty secret")
     if account.auth_kind != AuthKind.OAUTH2:

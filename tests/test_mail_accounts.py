@@ -870,7 +870,10 @@ def test_oauth_round_trip_creates_an_oauth_account(alice_client, alice, google_c
 
 def test_pkce_challenge_is_rfc7636_s256():
     # RFC 7636, appendix B.
-    assert oauth.code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert (
+        oauth.code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+        == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    )
     verifier = oauth.new_code_verifier()
     assert 43 <= len(verifier) <= 128 and verifier != oauth.new_code_verifier()
 
