@@ -79,8 +79,8 @@ class PrivateDeletionMixin:
         related = {model: count for model, count in counts.items() if model is not selected_model}
         if related:
             to_delete.append(
-                "Also deleted, counted and not listed (support staff never see mail content): "
-                + ", ".join(_count_label(model, count) for model, count in sorted(related.items(), key=_by_name))
+                "and the related items counted in the summary above, which are not listed: support staff "
+                "never see mail content"
             )
         perms_needed = set()
         for model in counts:

@@ -318,6 +318,7 @@ class MailboxEntry(models.Model):
     has_attachments = models.BooleanField(default=False)
 
     class Meta:
+        verbose_name_plural = "mailbox entries"
         constraints = [models.UniqueConstraint(fields=["thread", "mailbox"], name="mailbox_entry_unique")]
         indexes = [
             models.Index(fields=["owner", "mailbox", "-latest_date", "-thread"], name="mailbox_entry_list_idx"),

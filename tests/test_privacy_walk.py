@@ -260,7 +260,8 @@ def requests_for(url: str, user: User):
             yield "post", url, ADMIN_POST, {}
         return
     if not names_an_object or url.startswith("/mail/"):
-        yield "get", url, {"q": SEARCH, "images": "all", "page": "2"}, {}
+        # Unicode digits (int() refuses "²") in every id-like parameter a page may read.
+        yield "get", url, {"q": SEARCH, "images": "²", "page": "²", "pipeline": "²", "since": "²"}, {}
     yield "get", url, {"q": SEARCH}, {"HX-Request": "true"}
     if url.endswith("/delete/") and user.is_company_admin:
         return  # company admins may delete CRM records (and so their links): a power, not a leak
