@@ -37,6 +37,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from crm.models import User
+from crm.params import parse_ids
 
 from . import errors, imap
 from .inbox import MAILBOXES, own_entries
@@ -114,7 +115,7 @@ def allowed_actions(mailbox: str) -> tuple[str, ...]:
 
 
 def _parse_ids(raw_ids: set[str]) -> set[int]:
-    return {int(text) for text in raw_ids if text.isdigit() and len(text) < 19}
+    return parse_ids(raw_ids)
 
 
 def select(user: User, *, mailbox: str, thread_ids, action: str) -> Selection:

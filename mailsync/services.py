@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
 from crm.models import User
 
-from . import crypto, errors, imap, oauth, providers, smtp
+from . import crypto, errors, hosts, imap, oauth, providers, smtp
 from .models import AccountAddress, AuthKind, EmailAccount, MailFolder
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,12 @@ def trusted_ca_for(account_ca_pem: str = "") -> str:
     return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), account_ca_pem) if pem.strip())
 
 
+def mail_host_resolver() -> hosts.Resolver:
+    """Every connection made for a mail account goes to public addresses only, unless the operator allows
+    private ones (MAILSYNC_ALLOW_PRIVATE_HOSTS); see hosts.py."""
+    return hosts.checked_resolver(allow_private=settings.MAILSYNC_ALLOW_PRIVATE_HOSTS)
+
+
 def _protocol_auth_kind(auth_kind: str) -> str:
     return imap.AUTH_OAUTH2 if auth_kind == AuthKind.OAUTH2 else "password"
 
@@ -106,6 +114,7 @@ def imap_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pe
         auth_kind=_protocol_auth_kind(account_settings.auth_kind),
         trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
         timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
+        resolve_host=mail_host_resolver(),
     )
 
 
@@ -119,7 +128,28 @@ def smtp_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pe
         auth_kind=_protocol_auth_kind(account_settings.auth_kind),
         trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
         timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
+        resolve_host=mail_host_resolver(),
     )
+
+
+def count_connection_test(*, user: User) -> None:
+    """Count one connection test (add account, "Test connection", re-authenticate) of `user`; raises
+    errors.TooManyConnectionTests past MAILSYNC_CONNECTION_TEST_LIMIT in MAILSYNC_CONNECTION_TEST_WINDOW
+    seconds. Counted in the cache (shared by every web process when DJANGO_CACHE_URL is set), so the form
+    cannot be used to scan servers at speed."""
+    window = max(1, settings.MAILSYNC_CONNECTION_TEST_WINDOW)
+    key = f"mailsync:connection-tests:{user.pk}:{int(time.time() // window)}"
+    cache.add(key, 0, timeout=window)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add() and incr()
+        cache.set(key, 1, timeout=window)
+        count = 1
+    if count > settings.MAILSYNC_CONNECTION_TEST_LIMIT:
+        raise errors.TooManyConnectionTests(
+            f"Too many connection tests: at most {settings.MAILSYNC_CONNECTION_TEST_LIMIT} every "
+            f"{max(1, window // 60)} minutes.",
+        )
 
 
 def check_connection(*, account_settings: AccountSettings, secret: str, trusted_ca_pem: str = "") -> None:
@@ -150,6 +180,8 @@ def settings_of(account: EmailAccount) -> AccountSettings:
 def current_secret(account: EmailAccount) -> str:
     """The password, or a fresh OAuth2 access token (refreshed and stored when about to expire)."""
     secret = account.get_secret()
+    if not secret and account.last_error_code == errors.ServerSettingsChanged.code:
+        raise errors.ServerSettingsChanged(detail="empty secret", protocol="imap")  # still waiting for the owner
     if not secret:
         raise errors.AuthFailed("No credentials are stored for this account.", detail="empty secret")
     if account.auth_kind != AuthKind.OAUTH2:
@@ -325,6 +357,18 @@ def reauthenticate(*, account: EmailAccount, new_secret: str | None = None) -> e
         _store_secret(account=account, secret=new_secret)
     record_connection_success(account=account)
     return None
+
+
+@transaction.atomic
+def drop_credentials_after_staff_change(*, account: EmailAccount) -> EmailAccount:
+    """Support staff changed where the account connects (servers, ports, security, username, trusted CA):
+    forget the stored password or token and ask the owner to re-authenticate (A6), so the owner's
+    credentials only ever reach servers the owner has seen and accepted. Synced mail stays."""
+    locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
+    locked.secret_encrypted = ""
+    fields = _apply_failure(locked, errors.ServerSettingsChanged(protocol="imap"))
+    locked.save(update_fields=[*fields, "secret_encrypted"])
+    return locked
 
 
 @transaction.atomic
