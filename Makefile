@@ -17,6 +17,7 @@ venv: $(BIN)/.installed
 
 ## make run: SQLite + embedded broker (unless DATABASE_URL / CELERY_BROKER_URL are set), demo data,
 ## then web + Celery worker + beat + the IDLE watcher in one terminal. Ctrl-C stops them all.
+## MAILSYNC_ALLOW_PRIVATE_HOSTS=1: a laptop may connect to a mail server on localhost or the local network.
 run: venv
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py seed_demo
@@ -25,7 +26,7 @@ run: venv
 	@echo "  Demo login:    demo@example.com / demo-password-123"
 	@echo "  Admin login:   admin@example.com / admin-password-123"
 	@echo ""
-	@export DJANGO_DEBUG=$${DJANGO_DEBUG:-1}; trap 'kill 0' INT TERM EXIT; \
+	@export DJANGO_DEBUG=$${DJANGO_DEBUG:-1} MAILSYNC_ALLOW_PRIVATE_HOSTS=$${MAILSYNC_ALLOW_PRIVATE_HOSTS:-1}; trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/celery -A crm worker --beat --loglevel=INFO --concurrency=2 --pool=threads & \
 	$(BIN)/python manage.py sync_mail & \
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
@@ -36,7 +37,7 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) MAILSYNC_ALLOW_PRIVATE_HOSTS=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 ## Benchmarks (print figures; not tests). They use their own PostgreSQL database.
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crm_bench
@@ -45,7 +46,7 @@ BENCH_MESSAGES ?= 20000
 bench-sync: venv
 	-createdb -h 127.0.0.1 -U postgres crm_bench 2>/dev/null
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v0
-	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py bench_sync --messages $(BENCH_MESSAGES)
+	DATABASE_URL=$(BENCH_DATABASE_URL) MAILSYNC_ALLOW_PRIVATE_HOSTS=1 $(BIN)/python manage.py bench_sync --messages $(BENCH_MESSAGES)
 
 BENCH_INBOX_MESSAGES ?= 200000
 BENCH_INBOX_ARGS ?=

@@ -55,6 +55,7 @@ class PersonForm(OwnedRecordForm):
     emails = forms.CharField(
         label="Email addresses",
         required=False,
+        max_length=5000,
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "ann@example.com"}),
         help_text="One address per line. The first one is the primary address.",
     )
@@ -114,6 +115,7 @@ class OrganizationForm(OwnedRecordForm):
     domains = forms.CharField(
         label="Email domains",
         required=False,
+        max_length=5000,
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": "acme.com"}),
         help_text="One per line. Mail from these domains is linked to this organization.",
     )

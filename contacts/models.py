@@ -3,14 +3,14 @@ from django.db.models.functions import Lower
 from django.urls import reverse
 
 from crm.addresses import normalize_domain, normalize_email
-from crm.models import OwnedRecord
+from crm.models import NOTES_MAX_LENGTH, OwnedRecord
 
 
 class Organization(OwnedRecord):
     name = models.CharField(max_length=200)
     website = models.URLField(blank=True)
-    address = models.TextField(blank=True)
-    notes = models.TextField(blank=True)
+    address = models.TextField(blank=True, max_length=1000)
+    notes = models.TextField(blank=True, max_length=NOTES_MAX_LENGTH)
 
     class Meta:
         ordering = ["name"]
@@ -48,7 +48,7 @@ class Person(OwnedRecord):
     )
     job_title = models.CharField(max_length=150, blank=True)
     phone = models.CharField(max_length=50, blank=True)
-    notes = models.TextField(blank=True)
+    notes = models.TextField(blank=True, max_length=NOTES_MAX_LENGTH)
 
     class Meta:
         ordering = ["last_name", "first_name", "pk"]

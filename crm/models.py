@@ -3,6 +3,10 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 
+# Free-text notes on records: long enough for any real note, short enough that a form post cannot store
+# megabytes that every page of the record then carries (enforced by forms and the admin).
+NOTES_MAX_LENGTH = 10_000
+
 
 class Team(models.Model):
     """A group of users inside the company; records with "team" visibility are shared within it."""

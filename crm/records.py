@@ -131,6 +131,7 @@ class ListFilterForm(forms.Form):
 
     q = forms.CharField(
         required=False,
+        max_length=200,
         label="Search",
         widget=forms.SearchInput(attrs={"placeholder": "Search…", "autocomplete": "off"}),
     )

@@ -37,7 +37,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],test
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "crm.apps.CRMAdminConfig",  # django.contrib.admin with the CRM's site (crm/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "allauth.account",
     "django_htmx",
     "django_celery_beat",
+    "csp",
     "crm",
     "contacts",
     "deals",
@@ -59,6 +60,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -126,6 +128,10 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_EMAIL_VERIFICATION = "none"
 ACCOUNT_ADAPTER = "crm.adapters.AccountAdapter"
 ACCOUNT_LOGOUT_ON_GET = False
+# Login throttling (allauth, counted in the cache; its other limits keep their defaults): at most 30
+# logins a minute per IP, and after 10 failures a minute from one IP or 5 in 5 minutes for one address,
+# further attempts are refused for a while. The Django admin logs in through the same page (crm/admin_site.py).
+ACCOUNT_RATE_LIMITS = {"login": "30/m/ip", "login_failed": "10/m/ip,5/5m/key"}
 CRM_ALLOW_SIGNUP = env_bool("CRM_ALLOW_SIGNUP", False)
 
 LANGUAGE_CODE = "en-us"
@@ -153,6 +159,43 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto: requests count as https (secure cookies,
+# https OAuth redirect URIs, the SSL redirect). Only with a proxy that overwrites that header.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain http
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Content-Security-Policy on every page (django-csp). No inline script anywhere; inline styles are
+# allowed (htmx adds its indicator style, templates use style attributes). Pages that show untrusted
+# content set a stricter policy of their own (the thread view, attachment downloads), which the
+# middleware leaves as it is.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "frame-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# The cache holds rate-limit counters (logins, connection tests): shared by every web process in
+# production (DJANGO_CACHE_URL=redis://...), in-process memory otherwise.
+CACHE_URL = os.environ.get("DJANGO_CACHE_URL", "")
+if CACHE_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 EMAIL_BACKEND = os.environ.get("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "crm@localhost")
@@ -194,6 +237,13 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 MAILSYNC_CONNECT_TIMEOUT = float(os.environ.get("MAILSYNC_CONNECT_TIMEOUT", "15"))
+# Mail servers on private, loopback, link-local or reserved addresses are refused (the add-account form
+# must not probe the internal network) unless this is on: `make run` and the test suite set it (local
+# test servers); a company whose mail server is on its own network sets it too.
+MAILSYNC_ALLOW_PRIVATE_HOSTS = env_bool("MAILSYNC_ALLOW_PRIVATE_HOSTS", False)
+# Connection tests (add account, test, re-authenticate) per user within the window, in seconds.
+MAILSYNC_CONNECTION_TEST_LIMIT = int(os.environ.get("MAILSYNC_CONNECTION_TEST_LIMIT", "10"))
+MAILSYNC_CONNECTION_TEST_WINDOW = int(os.environ.get("MAILSYNC_CONNECTION_TEST_WINDOW", "600"))
 # PEM file of a certificate authority trusted for every mail account, in addition to the system CAs (A4:
 # a company's self-hosted mail server). Per account, staff can paste one in the admin instead.
 MAILSYNC_TRUSTED_CA_FILE = os.environ.get("MAILSYNC_TRUSTED_CA_FILE", "")

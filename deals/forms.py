@@ -2,6 +2,7 @@ from django import forms
 from django.urls import reverse
 
 from contacts.selectors import visible_organizations, visible_people
+from crm.params import parse_id
 from crm.records import CurrencyField, DateInput, ListFilterForm, OwnedRecordForm
 
 from . import selectors
@@ -65,7 +66,7 @@ class DealForm(OwnedRecordForm):
     def _chosen_pipeline_id(self) -> int | None:
         if self.is_bound:
             raw = self.data.get(self.add_prefix("pipeline"))
-            return int(raw) if raw and str(raw).isdigit() else None
+            return parse_id(raw)
         return self.instance.pipeline_id or self.fields["pipeline"].initial
 
 

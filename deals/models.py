@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
 
-from crm.models import OwnedRecord
+from crm.models import NOTES_MAX_LENGTH, OwnedRecord
 
 
 class Pipeline(models.Model):
@@ -52,7 +52,7 @@ class Deal(OwnedRecord):
     )
     expected_close_date = models.DateField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
-    notes = models.TextField(blank=True)
+    notes = models.TextField(blank=True, max_length=NOTES_MAX_LENGTH)
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -3,6 +3,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
+from crm.params import parse_id
 from crm.records import can_delete, delete_record_view, paginate, render_list, save_record_form
 from projects.selectors import projects_linked_to
 
@@ -88,5 +89,5 @@ def deal_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def stage_options(request: HttpRequest) -> HttpResponse:
     """The <option>s of one pipeline's stages, for the deal form's dependent select."""
     raw = request.GET.get("pipeline", "")
-    stages = selectors.stages_of(int(raw) if raw.isdigit() else None)
+    stages = selectors.stages_of(parse_id(raw))
     return render(request, "deals/_stage_options.html", {"stages": stages})

@@ -3,7 +3,7 @@ from decimal import Decimal
 from django.db import models
 from django.urls import reverse
 
-from crm.models import OwnedRecord
+from crm.models import NOTES_MAX_LENGTH, OwnedRecord
 
 
 class Lead(OwnedRecord):
@@ -25,7 +25,7 @@ class Lead(OwnedRecord):
     organization = models.ForeignKey(
         "contacts.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="leads"
     )
-    notes = models.TextField(blank=True)
+    notes = models.TextField(blank=True, max_length=NOTES_MAX_LENGTH)
 
     class Meta:
         ordering = ["-created_at", "-pk"]

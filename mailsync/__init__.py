@@ -1,6 +1,6 @@
 """Mail sync: the CRM's email, one package per sub-domain, imports pointing down this list only.
 
-    admin, apps, urls, tasks, management, templatetags   entry points (nothing imports them)
+    admin, apps, checks, urls, tasks, management, templatetags   entry points (nothing imports them)
     workspace        the pages and the writes behind them
     inbound, sending Smart BCC | compose and send (independent siblings)
     accounts         an account's life: connect, test, re-authenticate, pause, resume, remove; health

@@ -1,7 +1,7 @@
 from django.db import models
 from django.urls import reverse
 
-from crm.models import OwnedRecord
+from crm.models import NOTES_MAX_LENGTH, OwnedRecord
 
 
 class Project(OwnedRecord):
@@ -23,7 +23,7 @@ class Project(OwnedRecord):
     deal = models.ForeignKey("deals.Deal", null=True, blank=True, on_delete=models.SET_NULL, related_name="projects")
     start_date = models.DateField(null=True, blank=True)
     due_date = models.DateField(null=True, blank=True)
-    notes = models.TextField(blank=True)
+    notes = models.TextField(blank=True, max_length=NOTES_MAX_LENGTH)
 
     class Meta:
         ordering = ["-created_at", "-pk"]

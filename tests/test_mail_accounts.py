@@ -241,23 +241,30 @@ def test_oauth_not_configured_is_explicit(monkeypatch):
     monkeypatch.delenv("GOOGLE_OAUTH_CLIENT_ID", raising=False)
     assert not oauth.PROVIDERS["google"].is_configured
     with pytest.raises(errors.OAuthNotConfigured):
-        oauth.authorization_url("google", redirect_uri="https://crm.test/cb", state="s")
+        oauth.authorization_url("google", redirect_uri="https://crm.test/cb", state="s", code_verifier="v" * 43)
 
 
 def test_oauth_authorize_url_exchange_and_refresh(google_configured, token_endpoint):
-    url = oauth.authorization_url("google", redirect_uri="https://crm.test/cb", state="st4te", login_hint="a@gmail.com")
+    verifier = oauth.new_code_verifier()
+    url = oauth.authorization_url(
+        "google", redirect_uri="https://crm.test/cb", state="st4te", code_verifier=verifier, login_hint="a@gmail.com"
+    )
     assert url.startswith("https://accounts.google.com/o/oauth2/v2/auth?")
     for part in ("client_id=client-123.apps.example", "state=st4te", "access_type=offline", "mail.google.com"):
         assert part in url
+    # PKCE (RFC 7636): the S256 challenge goes to the consent page, the verifier only to the token endpoint.
+    assert f"code_challenge={oauth.code_challenge(verifier)}" in url and "code_challenge_method=S256" in url
+    assert verifier not in url
 
     token_endpoint.responses = [
         {"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3599, "id_token": id_token_for("A@Gmail.com")},
         {"access_token": "at-2", "expires_in": 3599},  # Google sends no new refresh token on refresh
         {"error": "invalid_grant", "error_description": "Token has been expired or revoked."},
     ]
-    tokens = oauth.exchange_code("google", code="the-code", redirect_uri="https://crm.test/cb")
+    tokens = oauth.exchange_code("google", code="the-code", redirect_uri="https://crm.test/cb", code_verifier=verifier)
     assert (tokens.access_token, tokens.refresh_token, tokens.email) == ("at-1", "rt-1", "a@gmail.com")
     assert token_endpoint.requests[0][1]["grant_type"] == "authorization_code"
+    assert token_endpoint.requests[0][1]["code_verifier"] == verifier
     assert token_endpoint.requests[0][1]["client_secret"] == "client-secret-abc"
     refreshed = oauth.refresh_access_token("google", refresh_token="rt-1")
     assert (refreshed.access_token, refreshed.refresh_token) == ("at-2", "rt-1")
@@ -845,8 +852,10 @@ def test_oauth_round_trip_creates_an_oauth_account(alice_client, alice, google_c
     forged = alice_client.get(reverse("mailsync:oauth_callback"), {"state": "forged", "code": "c"})
     assert forged.status_code == 302 and not EmailAccount.objects.exists()
 
-    alice_client.get(reverse("mailsync:oauth_start", args=["google"]) + "?email_address=ann@gmail.com")
+    second_start = alice_client.get(reverse("mailsync:oauth_start", args=["google"]) + "?email_address=ann@gmail.com")
     state = alice_client.session["mailsync_oauth"]["state"]
+    verifier = alice_client.session["mailsync_oauth"]["code_verifier"]
+    assert f"code_challenge={oauth.code_challenge(verifier)}" in second_start.url
     token_endpoint.responses = [
         {"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600, "id_token": id_token_for("ann@gmail.com")}
     ]
@@ -859,6 +868,17 @@ def test_oauth_round_trip_creates_an_oauth_account(alice_client, alice, google_c
     assert (tokens.access_token, tokens.refresh_token) == ("at-1", "rt-1")
     assert "rt-1" not in account.secret_encrypted
     assert token_endpoint.requests[0][1]["code"] == "auth-code"
+    assert token_endpoint.requests[0][1]["code_verifier"] == verifier
+
+
+def test_pkce_challenge_is_rfc7636_s256():
+    # RFC 7636, appendix B.
+    assert (
+        oauth.code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+        == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    )
+    verifier = oauth.new_code_verifier()
+    assert 43 <= len(verifier) <= 128 and verifier != oauth.new_code_verifier()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -934,11 +954,17 @@ def test_admin_can_trust_a_custom_ca_but_not_garbage(support, alice, test_ca):
     }
     bad = admin.post(url, form)
     assert bad.status_code == 200 and "not a valid PEM" in bad.content.decode()
+    harmless = admin.post(url, {**form, "trusted_ca_pem": "", "attachment_limit_mb": 20})
+    assert harmless.status_code == 302
+    account.refresh_from_db()
+    assert account.attachment_limit_mb == 20
+    assert account.get_secret() == "plain-account-password"  # a change that does not re-route credentials
     good = admin.post(url, {**form, "trusted_ca_pem": test_ca.ca_pem})
     assert good.status_code == 302
     account.refresh_from_db()
     assert account.trusted_ca_pem.strip() == test_ca.ca_pem.strip()
-    assert account.get_secret() == "plain-account-password"  # saving in the admin never touches credentials
+    # A CA trusted by staff could let them intercept the connection: the owner re-enters the password.
+    assert account.get_secret() == "" and account.state == State.NEEDS_REAUTH
     assert client_for(alice).get(url).status_code == 302  # not staff: sent to the admin login
 
 

@@ -11,8 +11,11 @@ mailsync.connection's: the sync engine, the watcher and sending use it without g
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
+from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,7 +25,7 @@ from mailsync.connection.config import (
     check_account,
     store_secret,
 )
-from mailsync.connection.state import clear_error, record_connection_failure
+from mailsync.connection.state import apply_failure, clear_error, record_connection_failure
 from mailsync.models import AccountAddress, AuthKind, EmailAccount, MailFolder, crypto
 from mailsync.protocols import errors, oauth
 from mailsync.sync.tasks import sync_after_commit
@@ -54,6 +57,30 @@ def settings_from_preset(
         smtp_security=preset.smtp_security,
         attachment_limit_mb=preset.attachment_limit_mb,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Connection tests of a user (the connection itself: mailsync.connection.config)
+
+
+def count_connection_test(*, user: User) -> None:
+    """Count one connection test (add account, "Test connection", re-authenticate) of `user`; raises
+    errors.TooManyConnectionTests past MAILSYNC_CONNECTION_TEST_LIMIT in MAILSYNC_CONNECTION_TEST_WINDOW
+    seconds. Counted in the cache (shared by every web process when DJANGO_CACHE_URL is set), so the form
+    cannot be used to scan servers at speed."""
+    window = max(1, settings.MAILSYNC_CONNECTION_TEST_WINDOW)
+    key = f"mailsync:connection-tests:{user.pk}:{int(time.time() // window)}"
+    cache.add(key, 0, timeout=window)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add() and incr()
+        cache.set(key, 1, timeout=window)
+        count = 1
+    if count > settings.MAILSYNC_CONNECTION_TEST_LIMIT:
+        raise errors.TooManyConnectionTests(
+            f"Too many connection tests: at most {settings.MAILSYNC_CONNECTION_TEST_LIMIT} every "
+            f"{max(1, window // 60)} minutes.",
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,6 +160,18 @@ def reauthenticate(*, account: EmailAccount, new_secret: str | None = None) -> e
         store_secret(account=account, secret=new_secret)
     record_connection_success(account=account)
     return None
+
+
+@transaction.atomic
+def drop_credentials_after_staff_change(*, account: EmailAccount) -> EmailAccount:
+    """Support staff changed where the account connects (servers, ports, security, username, trusted CA):
+    forget the stored password or token and ask the owner to re-authenticate (A6), so the owner's
+    credentials only ever reach servers the owner has seen and accepted. Synced mail stays."""
+    locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
+    locked.secret_encrypted = ""
+    fields = apply_failure(locked, errors.ServerSettingsChanged(protocol="imap"))
+    locked.save(update_fields=[*fields, "secret_encrypted"])
+    return locked
 
 
 @transaction.atomic

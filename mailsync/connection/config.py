@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 
 from mailsync.models import AuthKind, EmailAccount
-from mailsync.protocols import errors, imap, oauth, smtp
+from mailsync.protocols import errors, hosts, imap, oauth, smtp
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ def trusted_ca_for(account_ca_pem: str = "") -> str:
     return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), account_ca_pem) if pem.strip())
 
 
+def mail_host_resolver() -> hosts.Resolver:
+    """Every connection made for a mail account goes to public addresses only, unless the operator allows
+    private ones (MAILSYNC_ALLOW_PRIVATE_HOSTS); see mailsync.protocols.hosts."""
+    return hosts.checked_resolver(allow_private=settings.MAILSYNC_ALLOW_PRIVATE_HOSTS)
+
+
 def _protocol_auth_kind(auth_kind: str) -> str:
     return imap.AUTH_OAUTH2 if auth_kind == AuthKind.OAUTH2 else "password"
 
@@ -72,6 +78,7 @@ def imap_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pe
         auth_kind=_protocol_auth_kind(account_settings.auth_kind),
         trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
         timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
+        resolve_host=mail_host_resolver(),
     )
 
 
@@ -85,6 +92,7 @@ def smtp_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pe
         auth_kind=_protocol_auth_kind(account_settings.auth_kind),
         trusted_ca_pem=trusted_ca_for(trusted_ca_pem),
         timeout=settings.MAILSYNC_CONNECT_TIMEOUT,
+        resolve_host=mail_host_resolver(),
     )
 
 
@@ -116,6 +124,8 @@ def settings_of(account: EmailAccount) -> AccountSettings:
 def current_secret(account: EmailAccount) -> str:
     """The password, or a fresh OAuth2 access token (refreshed and stored when about to expire)."""
     secret = account.get_secret()
+    if not secret and account.last_error_code == errors.ServerSettingsChanged.code:
+        raise errors.ServerSettingsChanged(detail="empty secret", protocol="imap")  # still waiting for the owner
     if not secret:
         raise errors.AuthFailed("No credentials are stored for this account.", detail="empty secret")
     if account.auth_kind != AuthKind.OAUTH2:

@@ -7,6 +7,7 @@ agree. The rule:
   to at least one person, organization, deal, lead or project they may see;
 - a private thread is seen by its owner only. Admins get no bypass: "private" means nobody else in
   the product, admins included (P1).
+So the links of a shared thread are its audience, and only the owner changes them (`can_change_links`).
 Deleted (L6) and blocked (F1) messages are invisible to everyone, and a thread without any other
 message is left out of every list, for its owner too.
 """
@@ -65,6 +66,12 @@ def get_thread_for_user(user: User, pk: int) -> EmailThread:
 
 def can_change_visibility(user: User, thread: EmailThread) -> bool:
     """Only the owner decides who else sees their mail (P3)."""
+    return _can_use_product(user) and thread.owner_id == user.pk
+
+
+def can_change_links(user: User, thread: EmailThread) -> bool:
+    """Links decide who else sees a shared thread (see the module docstring), so only its owner links and
+    unlinks; others may suggest (conversation_services.suggest_link)."""
     return _can_use_product(user) and thread.owner_id == user.pk
 
 

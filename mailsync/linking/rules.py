@@ -17,7 +17,8 @@ Rules, in the words the thread view shows (ThreadLink.rule -> RULE_LABELS):
   or suggested, so a link never reveals a record to the owner that they could not open.
 
 Users have the last word:
-- a link made or accepted by a user (rule "manual") is never removed by automatic linking;
+- a link made or accepted by a user (rule "manual") is never removed by automatic linking, nor is a
+  colleague's suggestion (rule "user_suggestion") the owner has not answered yet;
 - an unlink (state "unlinked") is sticky for the whole thread, including later replies, until a user
   links that record again (L5);
 - an automatic link stays while the reason it was made still holds structurally (the person is still a
@@ -55,6 +56,9 @@ OPEN_STATUS = {"deal": Deal.Status.OPEN, "lead": Lead.Status.OPEN, "project": Pr
 PLURAL = {"deal": "deals", "lead": "leads", "project": "projects"}
 
 MANUAL = "manual"
+# A colleague (not the owner) suggested the record: kept until the owner decides, or the owner's own
+# rules link it.
+USER_SUGGESTION = "user_suggestion"
 PERSON_ADDRESS = "person_address"
 ORG_DOMAIN = "org_domain"
 PERSON_ORGANIZATION = "person_organization"
@@ -63,6 +67,7 @@ MASS_EMAIL = "mass_email"
 
 RULE_LABELS = {
     MANUAL: "Linked by a user",
+    USER_SUGGESTION: "Suggested by a colleague",
     PERSON_ADDRESS: "A participant's address belongs to this person",
     ORG_DOMAIN: "A participant's email domain belongs to this organization",
     PERSON_ORGANIZATION: "A linked person works at this organization",
@@ -247,6 +252,8 @@ def _link_owner_threads(owner: User, threads: list[EmailThread]) -> None:
             if link.state == ThreadLink.State.UNLINKED or link.rule == MANUAL:
                 continue
             target = wanted.get(key)
+            if target is None and link.rule == USER_SUGGESTION:
+                continue  # the owner has not answered the colleague's suggestion yet
             if target is None:
                 to_delete.append(link.pk)
             elif (link.state, link.rule, link.reason) != (target.state, target.rule, target.reason):

@@ -324,6 +324,7 @@ class MailboxEntry(models.Model):
     has_attachments = models.BooleanField(default=False)
 
     class Meta:
+        verbose_name_plural = "mailbox entries"
         constraints = [models.UniqueConstraint(fields=["thread", "mailbox"], name="mailbox_entry_unique")]
         indexes = [
             models.Index(fields=["owner", "mailbox", "-latest_date", "-thread"], name="mailbox_entry_list_idx"),
@@ -398,7 +399,14 @@ class Attachment(models.Model):
     file = models.FileField(upload_to="attachments/%Y/%m/", max_length=500)
 
     def __str__(self) -> str:
-        return self.filename or "attachment"
+        return self.display_name
+
+    @property
+    def display_name(self) -> str:
+        """The file name as shown: bidi controls and invisible characters removed (display.display_filename)."""
+        from .display import display_filename
+
+        return display_filename(self.filename)
 
 
 class ThreadLink(models.Model):

@@ -63,6 +63,15 @@ class OAuthFailed(AuthFailed):
     default_fix = "Click Re-authenticate and sign in with your provider again."
 
 
+class ServerSettingsChanged(AuthFailed):
+    """Support staff changed where this account connects: its password or token was dropped, so that only
+    the owner, by entering it again, sends it to the new servers."""
+
+    code = "settings_changed"
+    default_message = "Your administrator changed the server settings of this account."
+    default_fix = "Check the servers shown on the re-authentication page, then enter your password to connect to them."
+
+
 class OAuthNotConfigured(MailError):
     code = "oauth_not_configured"
     default_message = "Sign-in with this provider is not configured on this CRM."
@@ -146,6 +155,22 @@ class ConnectionLost(MailError):
     transient = True
 
 
+class PrivateHostRefused(MailError):
+    code = "private_host"
+    default_message = "This server name leads to a private, local or reserved network address."
+    default_fix = (
+        "Enter the public name of your mail server. For a mail server on the company network, an administrator "
+        "can allow private addresses (MAILSYNC_ALLOW_PRIVATE_HOSTS=1)."
+    )
+
+
+class TooManyConnectionTests(MailError):
+    code = "rate_limited"
+    default_message = "Too many connection tests in a short time."
+    default_fix = "Wait a few minutes, check the settings, then try again."
+    transient = True
+
+
 # -- protocol / server
 
 
@@ -223,12 +248,15 @@ ERROR_CLASSES: tuple[type[MailError], ...] = (
     AuthFailed,
     AppPasswordRequired,
     OAuthFailed,
+    ServerSettingsChanged,
     OAuthNotConfigured,
     TlsError,
     StartTlsUnavailable,
     Unreachable,
     ConnectionTimeout,
     ConnectionLost,
+    PrivateHostRefused,
+    TooManyConnectionTests,
     ImapDisabled,
     Pop3Only,
     NotImap,

@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 
 from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
+from imapclient import imap4 as imapclient_imap4
+from imapclient import tls as imapclient_tls
 from imapclient.response_parser import parse_fetch_response
 
-from . import errors
+from . import errors, hosts
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ class ImapConfig:
     trusted_ca_pem: str = field(default="", repr=False)  # extra CA an admin trusts (A4)
     timeout: float = 15.0
     enable_qresync: bool = True
+    # Resolves and checks the host (hosts.checked_resolver); the connection then goes to those addresses
+    # only. None: plain resolution by the socket library (tests and tools that build a config by hand).
+    resolve_host: hosts.Resolver | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -195,21 +200,50 @@ def _classify_login_failure(text: str, config: ImapConfig) -> errors.MailError:
     return errors.AuthFailed(detail=text, protocol="imap")
 
 
+_BANNER_KINDS = (
+    (re.compile(r"^SSH-|OpenSSH|dropbear", re.IGNORECASE), "an SSH server"),
+    (re.compile(r"^HTTP/|<html|<!doctype", re.IGNORECASE), "a web server"),
+    (re.compile(r"^\+OK|POP3", re.IGNORECASE), "a POP3 server"),
+    (re.compile(r"^220[ -].*FTP", re.IGNORECASE), "an FTP server"),
+    (re.compile(r"^220[ -]|E?SMTP", re.IGNORECASE), "an SMTP server"),
+    (re.compile(r"^\* (OK|PREAUTH|BYE)", re.IGNORECASE), "an IMAP server"),
+)
+_UNEXPECTED_RESPONSE = re.compile(r"^unexpected response: b?(['\"])(.*)\1$", re.DOTALL)
+
+
+def describe_banner(text: str) -> str:
+    """What kind of service greeted, in our words: the greeting of a server that has not shown it is a mail
+    server is never echoed (the add-account form must not become a way to read internal services' banners)."""
+    greeting = text.strip()
+    wrapped = _UNEXPECTED_RESPONSE.match(greeting)  # imaplib's words around the greeting
+    if wrapped:
+        greeting = wrapped.group(2).strip()
+    for pattern, kind in _BANNER_KINDS:
+        if pattern.search(greeting):
+            return kind
+    return "an unknown service"
+
+
 def _classify_greeting_failure(text: str) -> errors.MailError:
     stripped = text.strip().strip("b'\"")
     # imaplib reports a "+..." greeting (POP3 says "+OK ...") as the continuation marker None.
     if stripped in {"None", ""} or stripped.startswith("+OK") or "POP3" in stripped.upper():
-        return errors.Pop3Only(detail=stripped[:200], protocol="imap")
+        return errors.Pop3Only(detail="greeting of a POP3 server", protocol="imap")
     if _IMAP_DISABLED_HINTS.search(stripped):
-        return errors.ImapDisabled(detail=stripped[:200], protocol="imap")
+        return errors.ImapDisabled(detail="the server's greeting says IMAP is disabled", protocol="imap")
     if "EOF" in stripped:
         return errors.ConnectionLost(
             "The server closed the connection before greeting.",
             fix="Check the port and the security setting; the server may also limit connections.",
-            detail=stripped[:200],
+            detail="closed before the greeting",
             protocol="imap",
         )
-    return errors.NotImap(detail=stripped[:200], protocol="imap")
+    kind = describe_banner(stripped)
+    return errors.NotImap(
+        f"The server on this port is not an IMAP server (it answers like {kind}).",
+        detail=f"greeting of {kind}",
+        protocol="imap",
+    )
 
 
 def _server_text(exc: BaseException, config: ImapConfig) -> str:
@@ -287,13 +321,12 @@ def connect(config: ImapConfig) -> ImapSession:
     client: IMAPClient | None = None
     try:
         with _classified(config, stage="greeting"):
-            client = IMAPClient(
-                config.host,
-                port=config.port,
-                ssl=config.security == SECURITY_SSL,
-                ssl_context=context,
-                timeout=config.timeout,
-            )
+            options = {"port": config.port, "ssl": config.security == SECURITY_SSL, "ssl_context": context}
+            if config.resolve_host is not None:
+                addresses = config.resolve_host(config.host, config.port)
+                client = _PinnedIMAPClient(config.host, addresses=addresses, timeout=config.timeout, **options)
+            else:
+                client = IMAPClient(config.host, timeout=config.timeout, **options)
         client.normalise_times = False  # keep INTERNALDATE timezone-aware
         with _classified(config, stage="command"):
             if config.security == SECURITY_STARTTLS:
@@ -314,6 +347,41 @@ def connect(config: ImapConfig) -> ImapSession:
             with contextlib.suppress(Exception):
                 client.shutdown()
         raise
+
+
+class _PinnedIMAP4(imapclient_imap4.IMAP4WithTimeout):
+    def __init__(self, addresses: tuple[str, ...], host: str, port: int, timeout: float | None):
+        self._addresses = addresses
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        return hosts.open_connection(self._addresses, self.port, timeout if timeout is not None else self._timeout)
+
+
+class _PinnedIMAP4_TLS(imapclient_tls.IMAP4_TLS):
+    def __init__(self, addresses: tuple[str, ...], host: str, port: int, context, timeout: float | None):
+        self._addresses = addresses
+        super().__init__(host, port, context, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        sock = hosts.open_connection(self._addresses, self.port, timeout if timeout is not None else self._timeout)
+        # The certificate is checked against the server's NAME (self.host), not the address connected to.
+        return imapclient_tls.wrap_socket(sock, self.ssl_context, self.host)
+
+
+class _PinnedIMAPClient(IMAPClient):
+    """IMAPClient connecting to already-checked addresses (hosts.py) instead of resolving the name again.
+    STARTTLS and the TLS hostname check still use the name."""
+
+    def __init__(self, host: str, *, addresses: tuple[str, ...], **kwargs):
+        self._addresses = addresses
+        super().__init__(host, **kwargs)
+
+    def _create_IMAP4(self):
+        connect_timeout = getattr(self._timeout, "connect", None)
+        if self.ssl:
+            return _PinnedIMAP4_TLS(self._addresses, self.host, self.port, self.ssl_context, connect_timeout)
+        return _PinnedIMAP4(self._addresses, self.host, self.port, connect_timeout)
 
 
 class ImapSession:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import os
+import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -134,7 +136,20 @@ class OAuthTokens:
             raise errors.OAuthFailed(detail="stored OAuth tokens are unreadable", protocol="oauth") from None
 
 
-def authorization_url(key: str, *, redirect_uri: str, state: str, login_hint: str = "") -> str:
+def new_code_verifier() -> str:
+    """A PKCE code verifier (RFC 7636 4.1): 43 characters of [A-Za-z0-9-_] from 32 random bytes."""
+    return secrets.token_urlsafe(32)
+
+
+def code_challenge(verifier: str) -> str:
+    """The S256 code challenge of a verifier (RFC 7636 4.2): BASE64URL(SHA256(verifier)) without padding."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def authorization_url(key: str, *, redirect_uri: str, state: str, code_verifier: str, login_hint: str = "") -> str:
+    """The provider's consent page. PKCE (S256): a code stolen on its way back (a hostile app or proxy on
+    the redirect) is useless without the verifier, which stays in the user's session."""
     provider, client_id, _secret = _configured(key)
     params = {
         "client_id": client_id,
@@ -142,6 +157,8 @@ def authorization_url(key: str, *, redirect_uri: str, state: str, login_hint: st
         "response_type": "code",
         "scope": " ".join(provider.scopes),
         "state": state,
+        "code_challenge": code_challenge(code_verifier),
+        "code_challenge_method": "S256",
         **provider.extra_authorize_params,
     }
     if login_hint:
@@ -149,13 +166,14 @@ def authorization_url(key: str, *, redirect_uri: str, state: str, login_hint: st
     return f"{provider.authorize_url}?{urllib.parse.urlencode(params)}"
 
 
-def exchange_code(key: str, *, code: str, redirect_uri: str) -> OAuthTokens:
+def exchange_code(key: str, *, code: str, redirect_uri: str, code_verifier: str) -> OAuthTokens:
     provider, client_id, client_secret = _configured(key)
     response = post_token_request(
         provider.token_url,
         {
             "grant_type": "authorization_code",
             "code": code,
+            "code_verifier": code_verifier,
             "redirect_uri": redirect_uri,
             "client_id": client_id,
             "client_secret": client_secret,

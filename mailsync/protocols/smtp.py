@@ -10,10 +10,19 @@ from __future__ import annotations
 import contextlib
 import re
 import smtplib
+import socket
 from dataclasses import dataclass, field
 
-from . import errors, oauth
-from .imap import AUTH_OAUTH2, SECURITY_NONE, SECURITY_SSL, SECURITY_STARTTLS, classify_network_error, tls_context
+from . import errors, hosts, oauth
+from .imap import (
+    AUTH_OAUTH2,
+    SECURITY_NONE,
+    SECURITY_SSL,
+    SECURITY_STARTTLS,
+    classify_network_error,
+    describe_banner,
+    tls_context,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,8 @@ class SmtpConfig:
     auth_kind: str = "password"
     trusted_ca_pem: str = field(default="", repr=False)
     timeout: float = 15.0
+    # As in imap.ImapConfig: resolves and checks the host; the connection goes to those addresses only.
+    resolve_host: hosts.Resolver | None = field(default=None, repr=False, compare=False)
 
 
 _APP_PASSWORD_HINTS = re.compile(
@@ -69,10 +80,12 @@ def _classify(exc: BaseException, config: SmtpConfig) -> errors.MailError:
             "The outgoing (SMTP) server refused the recipients.", detail=refused[:500], protocol="smtp"
         )
     if isinstance(exc, smtplib.SMTPConnectError):
+        # Not (yet) a mail server: its greeting is classified, never echoed (see imap.describe_banner).
+        kind = describe_banner(_server_text(exc.smtp_code if exc.smtp_code > 0 else None, exc.smtp_error, config))
         return errors.ServerError(
-            "The server on this port did not greet as an SMTP server.",
+            f"The server on this port did not greet as an SMTP server (it answers like {kind}).",
             fix="Check the SMTP server name and port (465 for SSL/TLS, 587 for STARTTLS).",
-            detail=_server_text(exc.smtp_code, exc.smtp_error, config),
+            detail=f"greeting of {kind}",
             protocol="smtp",
         )
     if isinstance(exc, smtplib.SMTPServerDisconnected):
@@ -98,12 +111,39 @@ def _classify(exc: BaseException, config: SmtpConfig) -> errors.MailError:
     return errors.ServerError(detail=type(exc).__name__, protocol="smtp")
 
 
+class _PinnedSMTP(smtplib.SMTP):
+    """smtplib.SMTP connecting to already-checked addresses (hosts.py); STARTTLS still checks the name."""
+
+    def __init__(self, addresses: tuple[str, ...], *args, **kwargs):
+        self._addresses = addresses
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        return hosts.open_connection(self._addresses, port, timeout)
+
+
+class _PinnedSMTP_SSL(smtplib.SMTP_SSL):
+    def __init__(self, addresses: tuple[str, ...], *args, **kwargs):
+        self._addresses = addresses
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host, port, timeout) -> socket.socket:
+        sock = hosts.open_connection(self._addresses, port, timeout)
+        return self.context.wrap_socket(sock, server_hostname=self._host)
+
+
 def connect(config: SmtpConfig) -> smtplib.SMTP:
     """A secured, logged-in SMTP connection. Raises classified errors only."""
     context = tls_context(config.trusted_ca_pem) if config.security != SECURITY_NONE else None
     client: smtplib.SMTP | None = None
     try:
-        if config.security == SECURITY_SSL:
+        if config.resolve_host is not None:
+            addresses = config.resolve_host(config.host, config.port)
+            if config.security == SECURITY_SSL:
+                client = _PinnedSMTP_SSL(addresses, config.host, config.port, timeout=config.timeout, context=context)
+            else:
+                client = _PinnedSMTP(addresses, config.host, config.port, timeout=config.timeout)
+        elif config.security == SECURITY_SSL:
             client = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=context)
         else:
             client = smtplib.SMTP(config.host, config.port, timeout=config.timeout)

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from crm.models import User
+from crm.params import parse_ids
 from mailsync.mailboxes.locks import lock_owner_mail
 from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import EmailMessage, Mailbox, MailSettings
@@ -93,7 +94,7 @@ def allowed_actions(mailbox: str) -> tuple[str, ...]:
 
 
 def _parse_ids(raw_ids: set[str]) -> set[int]:
-    return {int(text) for text in raw_ids if text.isdigit() and len(text) < 19}
+    return parse_ids(raw_ids)
 
 
 def select(user: User, *, mailbox: str, thread_ids, action: str) -> Selection:

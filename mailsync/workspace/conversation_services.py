@@ -2,9 +2,12 @@
 "remove emails not related to contacts" clean-up (F3).
 
 Who may do what:
-- link / unlink / accept a suggestion: anyone who can see the thread (`access.visible_threads`) AND
-  the record (`visible_to`). A teammate may correct the links of a conversation shared with them, but
-  never touch a record they cannot open, nor a thread they cannot see.
+- link / unlink / accept a suggestion: the thread's OWNER only, and only to records they may see. A
+  shared thread is seen by whoever may see a record it is linked to, so its links ARE its audience: a
+  link widens it, an unlink narrows it, and only the owner decides who sees their mail (P3).
+- suggest a link: anyone else who can see the thread (`access.visible_threads`) AND the record
+  (`visible_to`). A suggestion changes nobody's access (only linked records share a thread); it waits in
+  the owner's thread view until they link it or say "not this one".
 - change a thread's visibility: its owner only (P3); admins included in "nobody else".
 - block list, default visibility and clean-up: each user for their own mail only.
 Callers that break these rules get PermissionDenied (views answer 404 before it gets that far).
@@ -18,8 +21,8 @@ from django.utils import timezone
 from contacts.models import Person, PersonEmail
 from crm.models import User
 from mailsync.linking import blocking
-from mailsync.linking.access import can_change_visibility, visible_threads
-from mailsync.linking.rules import MANUAL, link_target, link_threads, own_addresses, target_field_for
+from mailsync.linking.access import can_change_links, can_change_visibility, visible_threads
+from mailsync.linking.rules import MANUAL, USER_SUGGESTION, link_target, link_threads, own_addresses, target_field_for
 from mailsync.mailboxes.placement import refresh_user_mailboxes
 from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MailSettings, MessageParticipant, ThreadLink
 
@@ -29,6 +32,16 @@ def _record_visible(user: User, record: models.Model) -> bool:
 
 
 def can_link(user: User, thread: EmailThread, record: models.Model) -> bool:
+    """May `user` link / unlink this thread to / from this record (the owner, to a record they may see)."""
+    return (
+        can_change_links(user, thread)
+        and visible_threads(user).filter(pk=thread.pk).exists()
+        and _record_visible(user, record)
+    )
+
+
+def can_suggest(user: User, thread: EmailThread, record: models.Model) -> bool:
+    """May `user` suggest this record to the thread's owner (anyone who sees both)."""
     return visible_threads(user).filter(pk=thread.pk).exists() and _record_visible(user, record)
 
 
@@ -38,6 +51,11 @@ def _lock_thread(thread: EmailThread) -> None:
 
 
 def _set_link(*, user: User, thread: EmailThread, record: models.Model, state: str, reason: str) -> ThreadLink:
+    if not can_change_links(user, thread):
+        raise PermissionDenied(
+            "Only the owner of this conversation links and unlinks it (its links decide who sees it). "
+            "Suggest a record instead."
+        )
     if not can_link(user, thread, record):
         raise PermissionDenied("You cannot change the links of this conversation to this record.")
     _lock_thread(thread)
@@ -63,6 +81,32 @@ def unlink_thread(*, user: User, thread: EmailThread, record: models.Model) -> T
     """Unlink; sticky for the whole thread, later replies included, until someone links it again (L5)."""
     return _set_link(
         user=user, thread=thread, record=record, state=ThreadLink.State.UNLINKED, reason=f"Unlinked by {user}"
+    )
+
+
+@transaction.atomic
+def suggest_link(*, user: User, thread: EmailThread, record: models.Model) -> ThreadLink:
+    """A colleague's suggestion to the owner; nobody's access changes until the owner links it."""
+    if not can_suggest(user, thread, record):
+        raise PermissionDenied("You cannot suggest this record for this conversation.")
+    _lock_thread(thread)
+    field = target_field_for(record)
+    existing = ThreadLink.objects.filter(thread=thread, **{field: record}).first()
+    if existing is not None:
+        if existing.state == ThreadLink.State.LINKED:
+            raise ValidationError(f"This conversation is already linked to {record}.")
+        if existing.state == ThreadLink.State.UNLINKED:
+            raise ValidationError(
+                f"{thread.owner} unlinked {record} from this conversation; only they can link it again."
+            )
+        return existing  # already suggested
+    return ThreadLink.objects.create(
+        thread=thread,
+        state=ThreadLink.State.SUGGESTED,
+        rule=USER_SUGGESTION,
+        reason=f"Suggested by {user}"[:300],
+        created_by=user,
+        **{field: record},
     )
 
 

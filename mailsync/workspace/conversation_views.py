@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from crm.params import parse_id, parse_ids
 from crm.records import is_partial_request
 from mailsync.linking import access
 from mailsync.linking.rules import (
@@ -85,6 +86,7 @@ def _links_context(user, thread: EmailThread) -> dict:
         "unlinked": [link for link in links if link.state == ThreadLink.State.UNLINKED],
         "link_choices": _link_choices(user, links),
         "can_change_visibility": access.can_change_visibility(user, thread),
+        "can_change_links": access.can_change_links(user, thread),
         "visibility_choices": EmailThread.Visibility.choices,
     }
 
@@ -95,7 +97,7 @@ def _images_shown(request: HttpRequest) -> set[int] | None:
     wanted = request.GET.getlist("images")
     if "all" in wanted:
         return None
-    return {int(value) for value in wanted if value.isdigit()}
+    return parse_ids(wanted)
 
 
 def _thread_context(user, thread: EmailThread, *, images_shown: set[int] | None = frozenset()) -> dict:
@@ -179,9 +181,10 @@ def _record_from_post(request: HttpRequest):
     """The record named by POST "target" ("deal:12") if the user may see it (404 if not); None if malformed."""
     kind, _, raw_pk = request.POST.get("target", "").partition(":")
     model = LINKABLE_MODELS.get(kind)
-    if model is None or not raw_pk.isdigit():
+    record_pk = parse_id(raw_pk)
+    if model is None or record_pk is None:
         return None
-    return get_object_or_404(model.objects.visible_to(request.user), pk=int(raw_pk))
+    return get_object_or_404(model.objects.visible_to(request.user), pk=record_pk)
 
 
 def _after_link_change(request: HttpRequest, thread: EmailThread, *, error: str = "", status: int = 200):
@@ -194,8 +197,7 @@ def _after_link_change(request: HttpRequest, thread: EmailThread, *, error: str 
     return redirect("mailsync:thread_detail", pk=thread.pk)
 
 
-def _change_link(request: HttpRequest, pk: int, service, done: str) -> HttpResponse:
-    thread = access.get_thread_for_user(request.user, pk)
+def _change_link(request: HttpRequest, thread: EmailThread, service, done: str) -> HttpResponse:
     record = _record_from_post(request)
     if record is None:
         return _after_link_change(request, thread, error="Choose a deal, lead or project.", status=400)
@@ -210,19 +212,39 @@ def _change_link(request: HttpRequest, pk: int, service, done: str) -> HttpRespo
 
 @require_POST
 def thread_link(request: HttpRequest, pk: int) -> HttpResponse:
-    return _change_link(request, pk, conversation_services.link_thread, "Linked to {record}.")
+    """The owner links; anyone else who sees the thread suggests the record to the owner instead."""
+    thread = access.get_thread_for_user(request.user, pk)
+    if access.can_change_links(request.user, thread):
+        return _change_link(request, thread, conversation_services.link_thread, "Linked to {record}.")
+    return _change_link(
+        request,
+        thread,
+        conversation_services.suggest_link,
+        "{record} is suggested to " + str(thread.owner) + ", who decides what this conversation is linked to.",
+    )
+
+
+def _require_link_owner(request: HttpRequest, thread: EmailThread) -> None:
+    if not access.can_change_links(request.user, thread):
+        raise PermissionDenied("Only the owner of this conversation links and unlinks it.")
 
 
 @require_POST
 def thread_unlink(request: HttpRequest, pk: int) -> HttpResponse:
+    thread = access.get_thread_for_user(request.user, pk)
+    _require_link_owner(request, thread)
     return _change_link(
-        request, pk, conversation_services.unlink_thread, "Unlinked from {record}. It stays unlinked for later replies."
+        request,
+        thread,
+        conversation_services.unlink_thread,
+        "Unlinked from {record}. It stays unlinked for later replies.",
     )
 
 
 @require_POST
 def thread_accept_suggestion(request: HttpRequest, pk: int, link_pk: int) -> HttpResponse:
     thread = access.get_thread_for_user(request.user, pk)
+    _require_link_owner(request, thread)
     link = next((link for link in access.thread_links_for_user(request.user, thread) if link.pk == link_pk), None)
     if link is None:
         raise Http404("No such suggestion")
@@ -250,8 +272,8 @@ def thread_visibility(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _download_name(filename: str) -> str:
-    """A filename safe for Content-Disposition and the user's disk: no path, no control characters."""
-    name = "".join(ch for ch in filename if ch.isprintable()).replace("/", "_").replace("\\", "_").strip(" .")
+    """A filename safe for Content-Disposition and the user's disk: no path, no control or bidi characters."""
+    name = display.display_filename(filename, fallback="").replace("/", "_").replace("\\", "_").strip(" .")
     return name[:200] or "attachment"
 
 

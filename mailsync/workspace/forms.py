@@ -22,6 +22,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def clean_server_host(value: str) -> str:
+    """A server name as typed ("IMAP.Example.com " -> "imap.example.com"); ValidationError when it is not one."""
+    host = (value or "").strip().lower()
+    if host and (not _HOST_RE.match(host) or "://" in host):
+        raise forms.ValidationError("Enter a server name such as imap.example.com (no http:// or spaces).")
+    return host
+
+
+def security_problem(host: str, security: str) -> str:
+    """Why this host / security pair is refused ("" when it is fine). The same rule for the owner's form and
+    the admin: mail credentials never travel unencrypted over a network (A4); a local bridge is fine."""
+    if host and security == Security.NONE and not is_loopback(host):
+        return (
+            "Unencrypted connections are only allowed to a server on this computer (localhost). "
+            "Choose SSL/TLS or STARTTLS."
+        )
+    return ""
+
+
+def check_servers(form: forms.Form, data: dict) -> None:
+    """Add the security errors of the IMAP and SMTP host / security pairs in `data` to `form`."""
+    for prefix in ("imap", "smtp"):
+        problem = security_problem(data.get(f"{prefix}_host", ""), data.get(f"{prefix}_security", ""))
+        if problem:
+            form.add_error(f"{prefix}_security", problem)
+
+
 class PasswordField(forms.CharField):
     widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
 
@@ -64,17 +91,11 @@ class AddAccountForm(forms.Form):
     def clean_email_address(self) -> str:
         return self.cleaned_data["email_address"].strip().lower()
 
-    def _clean_host(self, name: str) -> str:
-        host = self.cleaned_data.get(name, "").strip().lower()
-        if host and (not _HOST_RE.match(host) or "://" in host):
-            raise forms.ValidationError("Enter a server name such as imap.example.com (no http:// or spaces).")
-        return host
-
     def clean_imap_host(self) -> str:
-        return self._clean_host("imap_host")
+        return clean_server_host(self.cleaned_data.get("imap_host", ""))
 
     def clean_smtp_host(self) -> str:
-        return self._clean_host("smtp_host")
+        return clean_server_host(self.cleaned_data.get("smtp_host", ""))
 
     def clean(self):
         data = super().clean()
@@ -82,15 +103,7 @@ class AddAccountForm(forms.Form):
             data[f"{prefix}_security"] = data.get(f"{prefix}_security") or Security.SSL
         if not data.get("password"):
             self.add_error("password", "Enter the password (or app password) of the mailbox.")
-        for prefix in ("imap", "smtp"):
-            host = data.get(f"{prefix}_host", "")
-            if host and data.get(f"{prefix}_security") == Security.NONE and not is_loopback(host):
-                # A4: mail credentials never travel unencrypted over a network. A local bridge is fine.
-                self.add_error(
-                    f"{prefix}_security",
-                    "Unencrypted connections are only allowed to a server on this computer (localhost). "
-                    "Choose SSL/TLS or STARTTLS.",
-                )
+        check_servers(self, data)
         return data
 
     @property

@@ -20,6 +20,7 @@ from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
+from crm.params import parse_id
 from crm.records import is_partial_request, live_filter_fields
 from mailsync.models import Mailbox
 
@@ -110,8 +111,8 @@ def _chips(request: HttpRequest, filters: InboxFilters) -> list[dict]:
 
 
 def _page_number(request: HttpRequest) -> int:
-    raw = request.GET.get("page", "1")
-    return int(raw) if raw.isdigit() and len(raw) < 7 else 1
+    number = parse_id(request.GET.get("page", "1"))
+    return number if number is not None and 0 < number < 10**6 else 1
 
 
 def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
@@ -181,12 +182,12 @@ def inbox_news(request: HttpRequest) -> HttpResponse:
     """The open list's question "anything new?" (htmx poll): a notice with a link that shows the new
     conversations, or nothing. Counts only the user's own visible mail."""
     mailbox = request.GET.get("mailbox", "")
-    since = request.GET.get("since", "")
-    if mailbox not in MAILBOXES or not since.isdigit() or len(since) > 18:
+    since = parse_id(request.GET.get("since", ""))
+    if mailbox not in MAILBOXES or since is None:
         return HttpResponse("Unknown list or position.", status=400, content_type="text/plain")
     if not is_partial_request(request):
         return redirect(URL_NAMES[mailbox])
-    count = lists.new_conversations(request.user, mailbox, int(since))
+    count = lists.new_conversations(request.user, mailbox, since)
     show_url = reverse(URL_NAMES[mailbox])
     current = urlsplit(getattr(request.htmx, "current_url_abs_path", None) or "")
     if current.path == show_url:  # the list as the user sees it (same filters), from its first page

@@ -342,6 +342,7 @@ def account_add(request: HttpRequest) -> HttpResponse:
                 existing = selectors.find_account(request.user, form.cleaned_data["email_address"])
                 secret = form.cleaned_data["password"]
                 try:
+                    services.count_connection_test(user=request.user)
                     connection_config.check_connection(
                         account_settings=resolution.account_settings,
                         secret=secret,
@@ -350,6 +351,7 @@ def account_add(request: HttpRequest) -> HttpResponse:
                 except errors.MailError as error:
                     connection_error = error
                     show_servers = form.has_custom_servers or error.code in {
+                        "private_host",
                         "unreachable",
                         "timeout",
                         "not_imap",
@@ -399,6 +401,10 @@ def provider_hint(request: HttpRequest) -> HttpResponse:
 @require_POST
 def account_test(request: HttpRequest, pk: int) -> HttpResponse:
     account = selectors.get_account_for_user(request.user, pk)
+    try:
+        services.count_connection_test(user=request.user)
+    except errors.TooManyConnectionTests as limited:
+        return _action_done(request, account, f"{account.email_address}: {limited.message}", failed=True)
     error = services.retest_account(account=account)
     if error is None:
         return _action_done(request, account, f"{account.email_address}: the connection works.")
@@ -413,19 +419,24 @@ def account_reauth(request: HttpRequest, pk: int) -> HttpResponse:
     form = ReauthForm()
     error: errors.MailError | None = None
     if request.method == "POST":
-        if "password" in request.POST:
-            form = ReauthForm(request.POST)
-            if form.is_valid():
-                error = services.reauthenticate(account=account, new_secret=form.cleaned_data["password"])
-                if error is None:
-                    messages.success(request, f"{account.email_address} is connected again.")
-                    return redirect("mailsync:settings")
-                form = ReauthForm()  # never render the password back
+        try:
+            services.count_connection_test(user=request.user)
+        except errors.TooManyConnectionTests as limited:
+            error = limited  # shown, never recorded on the account: the account itself is fine
         else:
-            error = services.reauthenticate(account=account)
-            if error is None:
-                messages.success(request, f"{account.email_address} is connected again with the saved credentials.")
-                return redirect("mailsync:settings")
+            if "password" in request.POST:
+                form = ReauthForm(request.POST)
+                if form.is_valid():
+                    error = services.reauthenticate(account=account, new_secret=form.cleaned_data["password"])
+                    if error is None:
+                        messages.success(request, f"{account.email_address} is connected again.")
+                        return redirect("mailsync:settings")
+                    form = ReauthForm()  # never render the password back
+            else:
+                error = services.reauthenticate(account=account)
+                if error is None:
+                    messages.success(request, f"{account.email_address} is connected again with the saved credentials.")
+                    return redirect("mailsync:settings")
         account.refresh_from_db()
     oauth_provider = None
     if account.auth_kind == AuthKind.OAUTH2:
@@ -488,8 +499,16 @@ def oauth_start(request: HttpRequest, provider: str) -> HttpResponse:
         )
         return redirect(f"{reverse('mailsync:account_add')}?email_address={address}")
     state = secrets.token_urlsafe(24)
-    request.session[OAUTH_SESSION_KEY] = {"state": state, "provider": provider, "email_address": address}
-    url = oauth.authorization_url(provider, redirect_uri=_redirect_uri(request), state=state, login_hint=address)
+    verifier = oauth.new_code_verifier()
+    request.session[OAUTH_SESSION_KEY] = {
+        "state": state,
+        "provider": provider,
+        "email_address": address,
+        "code_verifier": verifier,
+    }
+    url = oauth.authorization_url(
+        provider, redirect_uri=_redirect_uri(request), state=state, code_verifier=verifier, login_hint=address
+    )
     return redirect(url)
 
 
@@ -503,7 +522,12 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
         messages.error(request, "The sign-in was cancelled or refused by your provider.")
         return redirect("mailsync:account_add")
     try:
-        tokens = oauth.exchange_code(pending["provider"], code=request.GET["code"], redirect_uri=_redirect_uri(request))
+        tokens = oauth.exchange_code(
+            pending["provider"],
+            code=request.GET["code"],
+            redirect_uri=_redirect_uri(request),
+            code_verifier=str(pending.get("code_verifier", "")),
+        )
     except errors.MailError as error:
         messages.error(request, f"{error.message} {error.fix}")
         return redirect("mailsync:account_add")
