@@ -73,7 +73,7 @@ class EmailAccountAdminForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        # Exactly the owner's rule (mailsync/forms.py): no unencrypted connection except to localhost.
+        # Exactly the owner's rule (mailsync/workspace/forms.py): no unencrypted connection except to localhost.
         account_forms.check_servers(self, data)
         return data
 

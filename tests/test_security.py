@@ -689,7 +689,7 @@ def test_bidi_controls_are_removed_from_attachment_names(alice, alice_client):
     ],
 )
 def test_display_filename(raw, shown):
-    from mailsync.workspace.display import display_filename
+    from mailsync.models.filenames import display_filename
 
     assert display_filename(raw) == shown
 

@@ -403,8 +403,8 @@ class Attachment(models.Model):
 
     @property
     def display_name(self) -> str:
-        """The file name as shown: bidi controls and invisible characters removed (display.display_filename)."""
-        from .display import display_filename
+        """The file name as shown: bidi controls and invisible characters removed (filenames.display_filename)."""
+        from .filenames import display_filename
 
         return display_filename(self.filename)
 

@@ -29,6 +29,7 @@ from mailsync.linking.rules import (
 )
 from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant, ThreadLink
+from mailsync.models.filenames import display_filename
 from mailsync.sync.threads import normalize_subject
 
 from . import actions, conversation_services, display
@@ -273,7 +274,7 @@ def thread_visibility(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _download_name(filename: str) -> str:
     """A filename safe for Content-Disposition and the user's disk: no path, no control or bidi characters."""
-    name = display.display_filename(filename, fallback="").replace("/", "_").replace("\\", "_").strip(" .")
+    name = display_filename(filename, fallback="").replace("/", "_").replace("\\", "_").strip(" .")
     return name[:200] or "attachment"
 
 
