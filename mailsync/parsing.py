@@ -252,15 +252,21 @@ def content_fingerprint(raw: bytes) -> str:
     return digest.hexdigest()
 
 
-def message_key_from_header(head: bytes) -> str:
-    """The message_key parse_message would give, from a header block alone (IMAP BODY[HEADER] or
-    HEADER.FIELDS (MESSAGE-ID)); "" when the header has no Message-ID (its key needs the whole message)."""
+def message_id_from_header(head: bytes) -> str:
+    """The normalised Message-ID parse_message would find, from a header block alone (IMAP BODY[HEADER]
+    or HEADER.FIELDS (MESSAGE-ID)); "" when there is none."""
     try:
         msg = email.message_from_bytes(head.rstrip(b"\r\n") + b"\r\n\r\n")
         values = _header_map(msg).get("message-id")
     except Exception:
         return ""
-    message_id = normalize_message_id(values[0]) if values else ""
+    return normalize_message_id(values[0]) if values else ""
+
+
+def message_key_from_header(head: bytes) -> str:
+    """The message_key parse_message would give, from a header block alone; "" when the header has no
+    Message-ID (the key of such a message needs the whole message)."""
+    message_id = message_id_from_header(head)
     return message_id_key(message_id) if message_id else ""
 
 

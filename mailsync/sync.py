@@ -53,10 +53,18 @@ from django.utils import timezone
 from contacts.models import PersonEmail
 
 from . import errors, imap
-from .ingest import FetchedMessage, IngestResult, ParsePool, attach_copies, ingest_batch, own_addresses_for
+from .ingest import (
+    FetchedMessage,
+    IngestResult,
+    ParsePool,
+    attach_copies,
+    ingest_batch,
+    own_addresses_for,
+    upsert_locations,
+)
 from .mailbox import refresh_mailboxes
 from .models import EmailAccount, EmailMessage, MailFolder, MessageLocation
-from .parsing import message_key_from_header, parse_message
+from .parsing import message_id_from_header, message_id_key, message_key_from_header, parse_message
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +199,7 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
     replay_pending(session, account)
     for folder in folders:
         if folder.initial_synced_at is not None:
-            _incremental(account, session, folder, own, report, deadline)
+            _incremental(account, session, folder, own, report, deadline, folders=folders)
     for folder in folders:
         if folder.initial_synced_at is None:
             if time.monotonic() >= deadline:
@@ -334,8 +342,9 @@ def _incremental(
     own: frozenset[str],
     report: SyncReport,
     deadline: float | None = None,
+    folders: list[MailFolder] = (),
 ) -> None:
-    """Bring one folder whose listing is complete up to date."""
+    """Bring one folder whose listing is complete up to date. `folders`: every synced folder."""
     status = session.folder_status(folder.name)
     if status.uidvalidity != folder.uidvalidity:
         _uidvalidity_reset(account, session, folder, own, report, status, deadline)
@@ -380,7 +389,19 @@ def _incremental(
                 last_synced_at=timezone.now(),
             )
 
-    take_in_uids(account, session, folder, new_uids, own, report, uidvalidity=folder.uidvalidity, on_done=advance)
+    elsewhere = [f for f in folders if f.pk != folder.pk and f.initial_synced_at is not None and f.uidvalidity]
+    take_in_uids(
+        account,
+        session,
+        folder,
+        new_uids,
+        own,
+        report,
+        uidvalidity=folder.uidvalidity,
+        on_done=advance,
+        elsewhere=elsewhere,
+        window_start=coverage_start(account),
+    )
     folder.uidnext, folder.highestmodseq, folder.message_count = new_uidnext, selected.highestmodseq, selected.exists
 
 
@@ -554,14 +575,29 @@ def list_folder(account, session, folder, own, report, *, deadline, since) -> bo
 
 
 def take_in_uids(
-    account, session, folder, uids, own, report, *, uidvalidity, on_done, deadline=None, fetch_only=None
+    account,
+    session,
+    folder,
+    uids,
+    own,
+    report,
+    *,
+    uidvalidity,
+    on_done,
+    deadline=None,
+    fetch_only=None,
+    elsewhere=(),
+    window_start=None,
 ) -> bool:
     """Record server UIDs (no location yet) as copies of stored messages or as new messages.
 
     The Message-ID field of each UID comes first (cheap); a UID it shows to be a copy of a stored
     message is recorded without a fetch (match_by_message_id). The others are fetched and ingested,
-    except, when `fetch_only` is given, never-stored ones outside it (the date window). on_done(result,
-    final=True) runs in the transaction of the last write (cursors advance there). True when done."""
+    except, when `fetch_only` is given, never-stored ones outside it (the date window).
+    A new message older than `window_start` may have copies that listings of the `elsewhere` folders
+    passed over (old mail is not fetched): they are searched for by Message-ID and recorded in the
+    same transaction as the message, so no copy of a stored message goes unrecorded.
+    on_done(result, final=True) runs in the transaction of the last write (cursors advance there)."""
     if uids:
         known = set(
             MessageLocation.objects.filter(folder=folder, uidvalidity=uidvalidity, uid__in=uids).values_list(
@@ -569,10 +605,20 @@ def take_in_uids(
             )
         )
         uids = [uid for uid in uids if uid not in known]
+    other_copies: dict[str, list[tuple[MailFolder, int, tuple[str, ...]]]] = {}
     if uids and EmailMessage.objects.filter(account=account).exists():
-        found, unsure = match_by_message_id(account, session, folder, uidvalidity, uids)
+        found, unsure, newcomers = match_by_message_id(account, session, folder, uidvalidity, uids)
         report.existing += len(found)
         uids = [uid for uid in uids if uid not in found and (fetch_only is None or uid in fetch_only or uid in unsure)]
+        fetching = set(uids)
+        old_ones = {
+            key: message_id
+            for uid, (key, message_id, arrived) in newcomers.items()
+            if uid in fetching and window_start is not None and arrived is not None and arrived.date() < window_start
+        }
+        if old_ones and elsewhere:
+            other_copies = _copies_elsewhere(session, elsewhere, old_ones)
+            session.select(folder.name, readonly=True)
     elif fetch_only is not None:
         uids = [uid for uid in uids if uid in fetch_only]
     if not uids:
@@ -581,9 +627,49 @@ def take_in_uids(
         return True
     if deadline is not None and time.monotonic() >= deadline:
         return False
+
+    def record_other_copies(result: IngestResult) -> None:
+        if not other_copies or not result.created_ids:
+            return
+        for pk, key in EmailMessage.objects.filter(
+            pk__in=result.created_ids, message_key__in=list(other_copies)
+        ).values_list("pk", "message_key"):
+            for other, uid, flags in other_copies[key]:
+                upsert_locations(other, other.uidvalidity, {uid: (pk, " ".join(sorted(flags))[:500])})
+
     return _fetch_and_ingest(
-        account, session, folder, uids, own, report, uidvalidity=uidvalidity, deadline=deadline, on_done=on_done
+        account,
+        session,
+        folder,
+        uids,
+        own,
+        report,
+        uidvalidity=uidvalidity,
+        deadline=deadline,
+        on_done=on_done,
+        on_batch=record_other_copies if other_copies else None,
     )
+
+
+def _copies_elsewhere(session, folders, message_ids_by_key: dict[str, str]):
+    """key -> [(folder, uid, flags)] of the UIDs of `folders` (listings complete) that hold messages with
+    these Message-IDs and no location yet. Leaves another folder selected."""
+    found: dict[str, list[tuple[MailFolder, int, tuple[str, ...]]]] = {}
+    for other in folders:
+        selected = session.select(other.name, readonly=True)
+        if selected.uidvalidity != other.uidvalidity:
+            continue  # reset since: its next listing matches everything by identity anyway
+        uids = session.search_message_ids(list(message_ids_by_key.values()))
+        known = set(
+            MessageLocation.objects.filter(folder=other, uidvalidity=other.uidvalidity, uid__in=uids).values_list(
+                "uid", flat=True
+            )
+        )
+        for item in session.fetch_identities([uid for uid in uids if uid not in known]):
+            key = message_key_from_header(item.raw)
+            if key in message_ids_by_key:
+                found.setdefault(key, []).append((other, item.uid, item.flags))
+    return found
 
 
 def match_by_message_id(account, session, folder, uidvalidity, uids) -> tuple[set[int], set[int]]:
@@ -593,14 +679,17 @@ def match_by_message_id(account, session, folder, uidvalidity, uids) -> tuple[se
     in this folder yet, and it either has a copy in another folder (a copy or a move: the account's
     rule for one Message-ID in two folders) or the same size (a folder reset, a move of a message
     whose last copy just went). Those get their location, flags and restored visibility here, in
-    batches. Returns (UIDs recorded, UIDs to fetch and match by content: shared or missing Message-ID)."""
+    batches. Returns (UIDs recorded, UIDs to fetch and match by content: shared or missing Message-ID,
+    uid -> (key, Message-ID, INTERNALDATE) of the UIDs whose Message-ID no stored message has)."""
     found: set[int] = set()
     unsure: set[int] = set()
+    newcomers: dict[int, tuple[str, str, object]] = {}
     idless_stored: bool | None = None
     for start in range(0, len(uids), imap.MAX_UIDS_PER_COMMAND):
         chunk = uids[start : start + imap.MAX_UIDS_PER_COMMAND]
         items = list(session.fetch_identities(chunk))
-        keys = {item.uid: message_key_from_header(item.raw) for item in items}
+        ids = {item.uid: message_id_from_header(item.raw) for item in items}
+        keys = {uid: message_id_key(message_id) if message_id else "" for uid, message_id in ids.items()}
         candidates: dict[str, list[tuple[int, int]]] = {}
         for pk, key, size in EmailMessage.objects.filter(
             account=account, message_key__in=set(keys.values()) - {""}
@@ -623,6 +712,7 @@ def match_by_message_id(account, session, folder, uidvalidity, uids) -> tuple[se
                 continue
             group = candidates.get(key)
             if not group:
+                newcomers[item.uid] = (key, ids[item.uid], item.internaldate)
                 continue  # never stored
             if len(group) == 1:
                 pk, size = group[0]
@@ -635,7 +725,7 @@ def match_by_message_id(account, session, folder, uidvalidity, uids) -> tuple[se
         if copies:
             attach_copies(account, folder, uidvalidity, copies)
             found |= set(copies)
-    return found, unsure
+    return found, unsure, newcomers
 
 
 def request_past_sync(account: EmailAccount, *, months: int, only_contacts: bool) -> None:
