@@ -12,12 +12,14 @@ parent id), and it exits when stdin reaches EOF, which the death of the parent a
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import pickle
 import signal
 import sys
 import threading
 import time
+import types
 
 PR_SET_PDEATHSIG = 1
 HEADER_BYTES = 8
@@ -69,12 +71,26 @@ def read_frame(stream) -> bytes | None:
     return payload if payload or header == bytes(HEADER_BYTES) else None
 
 
+def import_parsing():
+    """mailsync.parsing, without running crm/__init__.py (it starts the Celery app: a second of imports
+    that parsing, which only needs crm.addresses, has no use for)."""
+    if "crm" not in sys.modules:
+        spec = importlib.util.find_spec("crm")
+        if spec is not None and spec.submodule_search_locations:
+            package = types.ModuleType("crm")
+            package.__path__ = list(spec.submodule_search_locations)
+            sys.modules["crm"] = package
+    from mailsync import parsing
+
+    return parsing
+
+
 def main() -> None:
     parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
     die_with_parent(parent)
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but answers may reach the answer pipe
-    from mailsync.parsing import parse_many
+    parse_many = import_parsing().parse_many
 
     while True:
         request = read_frame(requests)

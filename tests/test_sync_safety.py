@@ -2,6 +2,7 @@
 folders, different messages sharing a Message-ID, mislabelled charsets, killed syncs (no process left)."""
 
 import collections
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -219,11 +220,11 @@ def test_different_messages_sharing_a_message_id_are_stored_apart_and_copies_are
     report = sync.sync_account(account.pk)
 
     assert report.error is None
-    assert (report.created, report.kept_apart, report.existing) == (3, 1, 3)
     assert sorted(live(account).values_list("subject", flat=True)) == ["Invoice 1001", "Lunch?", "Proposal"]
     assert folders_of(live(account).get(subject="Invoice 1001")) == ["Archive", "Archive", "INBOX"]
     assert folders_of(live(account).get(subject="Lunch?")) == ["INBOX"]
     assert folders_of(live(account).get(subject="Proposal")) == ["INBOX", "Sent"]
+    assert (report.created, report.kept_apart, report.existing) == (3, 1, 3)
     # Kept apart, in one conversation (they claim to be the same message).
     assert live(account).filter(message_id="reused-1@broken-mailer.example").values("thread").distinct().count() == 1
 
@@ -252,6 +253,7 @@ def test_every_corpus_message_that_shares_a_message_id_is_stored(account, doveco
     report = sync.sync_account(account.pk, time_budget=600)
 
     assert report.error is None
+    assert EmailMessage.objects.filter(account=account).count() == sum(len(hashes) for hashes in groups.values())
     stored = set(EmailMessage.objects.filter(account=account).values_list("message_key", "content_hash"))
     assert stored == {(key, content_hash) for key, hashes in groups.items() for content_hash in hashes}
     assert report.kept_apart == apart
@@ -328,26 +330,35 @@ def test_sigkill_of_sync_mail_leaves_no_process_behind(alice, dovecot, mail_user
     env = _database_env()
     for stored_before_kill in (0, 150, 600):
         process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
-        deadline = time.monotonic() + 90
-        # Kill while its children run: once it has a child (parse workers start with the first big fetch),
-        # and after it has stored a given number of messages.
-        while time.monotonic() < deadline and process.poll() is None:
-            if len(_session_members(process.pid)) > 1 and live(account).count() >= stored_before_kill:
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, "the sync ended before it could be killed"
-        children = [member for member in _session_members(process.pid) if member[0] != process.pid]
-        assert children, "the kill should land while the parse workers run"
-        os.kill(process.pid, signal.SIGKILL)  # the sync process alone, as the kernel's OOM killer would
-        process.wait()
-        leftover = _session_members(process.pid)
-        waited = time.monotonic() + 10
-        while leftover and time.monotonic() < waited:
-            time.sleep(0.1)
-            leftover = _session_members(process.pid)
-        assert leftover == [], f"processes outlived the killed sync: {leftover}"
+        try:
+            _kill_while_children_run(process, account, stored_before_kill)
+        finally:  # whatever the outcome, nothing this test started keeps running
+            for pid, _command in _session_members(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     finished = subprocess.run(command, cwd=ROOT, env=env, timeout=300, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     assert live(account).count() == 1500
     assert MessageLocation.objects.filter(folder__account=account).count() == 1500
+
+
+def _kill_while_children_run(process: subprocess.Popen, account, stored_before_kill: int) -> None:
+    deadline = time.monotonic() + 90
+    # Kill while its children run: once it has a child (parse workers start with the first big fetch),
+    # and after it has stored a given number of messages.
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(_session_members(process.pid)) > 1 and live(account).count() >= stored_before_kill:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the sync ended before it could be killed"
+    children = [member for member in _session_members(process.pid) if member[0] != process.pid]
+    assert children, "the kill should land while the parse workers run"
+    os.kill(process.pid, signal.SIGKILL)  # the sync process alone, as the kernel's OOM killer would
+    process.wait()
+    leftover = _session_members(process.pid)
+    waited = time.monotonic() + 10
+    while leftover and time.monotonic() < waited:
+        time.sleep(0.1)
+        leftover = _session_members(process.pid)
+    assert leftover == [], f"processes outlived the killed sync: {leftover}"
