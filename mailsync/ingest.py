@@ -30,6 +30,7 @@ code path inserted the same mail without the lock), the transaction is retried a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -208,16 +209,26 @@ class ParsePool:
         self.close()
 
 
-class _ParseWorker(threading.Thread):
-    """One worker process and the thread that feeds it jobs (raws, own addresses, future) in turn."""
+class _ParseWorker:
+    """One worker process, a thread that sends it jobs (raws, own addresses, future) and one that reads
+    its answers. Up to IN_FLIGHT requests wait in its input pipe, so it never idles between chunks."""
+
+    IN_FLIGHT = 2
 
     def __init__(self, jobs: queue.SimpleQueue):
-        super().__init__(daemon=True, name="parse-worker")
         self._jobs = jobs
+        self._pending: collections.deque = collections.deque()  # sent, answer not read yet
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(self.IN_FLIGHT)
+        self._broken = False
         self.process: subprocess.Popen | None = None
-        self.start()
+        self._sender = threading.Thread(target=self._send, daemon=True, name="parse-sender")
+        self._sender.start()
 
-    def run(self) -> None:
+    def join(self) -> None:
+        self._sender.join()
+
+    def _send(self) -> None:
         # Started from this thread: PR_SET_PDEATHSIG follows the thread that started a process, and
         # this one lives exactly as long as the pool needs the worker.
         try:
@@ -233,43 +244,70 @@ class _ParseWorker(threading.Thread):
             )
         except OSError:
             logger.warning("could not start a parse worker; parsing in this process", exc_info=True)
-        try:
-            while (job := self._jobs.get()) is not None:
-                raws, own, future = job
-                if future.set_running_or_notify_cancel():
-                    future.set_result(self._parse(raws, own))
-        finally:
-            self._stop_process()
-
-    def _parse(self, raws: list[bytes], own: frozenset[str]) -> list[ParsedEmail]:
+            self._broken = True
+        receiver = threading.Thread(target=self._receive, daemon=True, name="parse-receiver")
         if self.process is not None:
-            try:
-                parse_worker.write_frame(
-                    self.process.stdin, pickle.dumps((raws, own), protocol=pickle.HIGHEST_PROTOCOL)
-                )
-                answer = parse_worker.read_frame(self.process.stdout)
-                if answer is not None:
-                    return pickle.loads(answer)  # noqa: S301 (our own child process, over a private pipe)
-            except (OSError, ValueError, pickle.UnpicklingError):
-                pass
-            logger.warning(
-                "parse worker %s stopped (exit code %s); parsing in this process", self.process.pid, self.process.poll()
-            )
-            self._stop_process()
-        return parse_many(raws, own)
-
-    def _stop_process(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        for stream in (process.stdin, process.stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
+            receiver.start()
         try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            while True:
+                self._slots.acquire()
+                job = self._jobs.get()
+                if job is None:
+                    break
+                raws, own, future = job
+                if not future.set_running_or_notify_cancel():
+                    self._slots.release()
+                    continue
+                with self._lock:
+                    inline = self._broken
+                    if not inline:
+                        self._pending.append(job)
+                if inline:
+                    future.set_result(parse_many(raws, own))
+                    self._slots.release()
+                    continue
+                # A worker that is gone makes this fail: the receiver then sees EOF and parses what is pending.
+                with contextlib.suppress(OSError, ValueError):
+                    parse_worker.write_frame(
+                        self.process.stdin, pickle.dumps((raws, own), protocol=pickle.HIGHEST_PROTOCOL)
+                    )
+        finally:
+            if self.process is not None:
+                with contextlib.suppress(OSError):
+                    self.process.stdin.close()  # EOF: the worker answers what it has, then exits
+                receiver.join()
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+                with contextlib.suppress(OSError):
+                    self.process.stdout.close()
+                self.process = None
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                answer = parse_worker.read_frame(self.process.stdout)
+            except (OSError, ValueError):
+                answer = None
+            if answer is None:
+                break
+            _raws, _own, future = self._pending.popleft()
+            try:
+                future.set_result(pickle.loads(answer))  # noqa: S301 (our own child process, over a private pipe)
+            except Exception as exc:
+                future.set_exception(exc)
+            self._slots.release()
+        with self._lock:
+            self._broken = True
+            left = list(self._pending)
+            self._pending.clear()
+        if left:
+            logger.warning("parse worker stopped (exit code %s); parsing in this process", self.process.poll())
+        for raws, own, future in left:
+            future.set_result(parse_many(raws, own))
+            self._slots.release()
 
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])

@@ -319,9 +319,10 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
     text = data.decode(candidates[0], "replace")
     bad = text.count("\ufffd")
     decoded_non_ascii = len(text) - len(text.encode("ascii", "ignore")) - bad
-    # The declared charset mostly works (a stray broken byte in real UTF-8, say): keep it, the
-    # replacement noted. Otherwise it is a mislabel: the detected charset, when it decodes cleanly.
-    if decoded_non_ascii >= 2 * bad:
+    # The declared charset mostly works (a stray broken byte in real UTF-8, whose valid multi-byte
+    # sequences other text practically never forms): keep it, the replacement noted. Otherwise it is
+    # a mislabel: the detected charset, when it decodes cleanly.
+    if decoded_non_ascii >= 2 * bad or (candidates[0] == "utf-8" and decoded_non_ascii):
         _note_loss(charset, text)
         return text
     detected = detect_charset(data)

@@ -143,3 +143,16 @@ def test_bad_arguments_give_clear_errors(account, tmp_path):
     with pytest.raises(CommandError, match="No messages found"):
         run(account.pk, tmp_path)
     assert EmailMessage.objects.count() == 0
+
+
+def test_import_keeps_different_messages_that_share_a_message_id_and_counts_copies(account, tmp_path):
+    reused = "<reused@broken-mailer.example>"
+    (tmp_path / "a.eml").write_bytes(build_message(1, message_id=reused, subject="Quote", body="100 EUR"))
+    (tmp_path / "b.eml").write_bytes(build_message(2, message_id=reused, subject="Other", sender="c@else.example"))
+    copy = b"Received: from mx by mail\r\n" + build_message(1, message_id=reused, subject="Quote", body="100 EUR")
+    (tmp_path / "c.eml").write_bytes(copy.replace(b"\r\n", b"\n"))
+
+    summary = run(account.pk, tmp_path).strip().splitlines()[-1]
+
+    assert f"3 message(s) read - 2 new (1 {KEPT_APART}), 1 copies of messages already stored" in summary
+    assert sorted(EmailMessage.objects.values_list("subject", flat=True)) == ["Other", "Quote"]
