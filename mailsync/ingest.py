@@ -595,6 +595,7 @@ def match_identities(
     new_positions: list[int] = []
     same_as: dict[int, int] = {}
     new_by_identity: dict[tuple[str, str], int] = {}
+    new_keys: set[str] = set()
     kept_apart = 0
     backfill: dict[int, str] = {}
     here = folder.pk if folder is not None else None
@@ -618,9 +619,10 @@ def match_identities(
             pks.append(None)
             continue
         if found is None:
-            if group or any(other_key == key for other_key, _ in new_by_identity):
+            if group or key in new_keys:
                 kept_apart += 1
             new_by_identity[(key, content_hash)] = position
+            new_keys.add(key)
             new_positions.append(position)
             pks.append(None)
             continue
