@@ -839,6 +839,30 @@ def update_message_flags(copies: Iterable[tuple[int, Iterable]], stored: dict[in
         EmailMessage.objects.bulk_update(list(changed.values()), ["is_read", "is_flagged", "is_draft"], batch_size=500)
 
 
+def flags_from_remaining_copies(message_ids: Iterable[int]) -> None:
+    """After copies left the server: a flag on which every remaining copy agrees is the message's (the
+    copy that made a message read may be the one that went). Where copies disagree, nothing changes."""
+    copies: dict[int, list[set[str]]] = {}
+    for message_id, flags in MessageLocation.objects.filter(message_id__in=list(message_ids)).values_list(
+        "message_id", "flags"
+    ):
+        copies.setdefault(message_id, []).append(set(flags.lower().split()))
+    if not copies:
+        return
+    changed = []
+    for pk, *current in EmailMessage.objects.filter(pk__in=list(copies)).values_list(
+        "pk", "is_read", "is_flagged", "is_draft"
+    ):
+        wanted = []
+        for flag, value in zip(("\\seen", "\\flagged", "\\draft"), current, strict=True):
+            agreed = {flag in copy for copy in copies[pk]}
+            wanted.append(agreed.pop() if len(agreed) == 1 else value)
+        if wanted != current:
+            changed.append(EmailMessage(pk=pk, is_read=wanted[0], is_flagged=wanted[1], is_draft=wanted[2]))
+    if changed:
+        EmailMessage.objects.bulk_update(changed, ["is_read", "is_flagged", "is_draft"], batch_size=500)
+
+
 # --- files ----------------------------------------------------------------------------------------
 
 

@@ -58,6 +58,7 @@ from .ingest import (
     IngestResult,
     ParsePool,
     attach_copies,
+    flags_from_remaining_copies,
     ingest_batch,
     own_addresses_for,
     upsert_locations,
@@ -479,6 +480,7 @@ def _drop_locations(folder: MailFolder, locations) -> set[int]:
             EmailMessage.objects.filter(pk__in=message_ids, unlocated_since__isnull=True).exclude(
                 pk__in=MessageLocation.objects.filter(message_id__in=message_ids).values("message_id")
             ).update(unlocated_since=timezone.now())
+            flags_from_remaining_copies(message_ids)
     refresh_mailboxes(message_ids)
     return message_ids
 

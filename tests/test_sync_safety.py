@@ -199,6 +199,26 @@ def test_a_deleted_folder_deletes_only_mail_with_no_copy_elsewhere(account, dove
     assert folders_of(live(account).get()) == ["INBOX"]
 
 
+def test_when_the_read_copy_leaves_the_server_the_remaining_copies_decide_the_read_state(account, dovecot, mail_user):
+    sync.sync_account(account.pk)
+    raw = make_message("Read in one folder only")
+    inbox_uid = dovecot.append(mail_user, raw)
+    archive_uid = dovecot.append(mail_user, raw, folder="Archive", flags=("\\Seen",))
+    sync.sync_account(account.pk)
+    message = live(account).get()
+    assert folders_of(message) == ["Archive", "INBOX"] and message.is_read  # the copy read last
+
+    dovecot.expunge(mail_user, [archive_uid], folder="Archive")
+    sync.sync_account(account.pk)
+
+    message.refresh_from_db()
+    assert folders_of(message) == ["INBOX"] and not message.is_read
+    dovecot.add_flags(mail_user, [inbox_uid], ("\\Seen",))
+    sync.sync_account(account.pk)
+    message.refresh_from_db()
+    assert message.is_read
+
+
 # --- 4. Shared Message-IDs -----------------------------------------------------------------------------
 
 
