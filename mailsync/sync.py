@@ -588,7 +588,7 @@ def take_in_uids(
     on_done,
     deadline=None,
     fetch_only=None,
-    elsewhere=(),
+    elsewhere=None,
     window_start=None,
 ) -> bool:
     """Record server UIDs (no location yet) as copies of stored messages or as new messages.
@@ -596,9 +596,9 @@ def take_in_uids(
     The Message-ID field of each UID comes first (cheap); a UID it shows to be a copy of a stored
     message is recorded without a fetch (match_by_message_id). The others are fetched and ingested,
     except, when `fetch_only` is given, never-stored ones outside it (the date window).
-    A new message older than `window_start` may have copies that listings of the `elsewhere` folders
-    passed over (old mail is not fetched): they are searched for by Message-ID and recorded in the
-    same transaction as the message, so no copy of a stored message goes unrecorded.
+    A new message older than `window_start` may have copies that listings of this folder or of the
+    `elsewhere` folders passed over (old mail is not fetched): they are searched for by Message-ID and
+    recorded in the same transaction as the message, so no copy of a stored message goes unrecorded.
     on_done(result, final=True) runs in the transaction of the last write (cursors advance there)."""
     if uids:
         known = set(
@@ -608,7 +608,9 @@ def take_in_uids(
         )
         uids = [uid for uid in uids if uid not in known]
     other_copies: dict[str, list[tuple[MailFolder, int, tuple[str, ...]]]] = {}
-    if uids and EmailMessage.objects.filter(account=account).exists():
+    # New mail of the incremental pass always (its old copies elsewhere are looked for); a listing only
+    # when some stored message could be among its UIDs.
+    if uids and (elsewhere is not None or EmailMessage.objects.filter(account=account).exists()):
         found, unsure, newcomers = match_by_message_id(account, session, folder, uidvalidity, uids)
         report.existing += len(found)
         uids = [uid for uid in uids if uid not in found and (fetch_only is None or uid in fetch_only or uid in unsure)]
@@ -618,8 +620,9 @@ def take_in_uids(
             for uid, (key, message_id, arrived) in newcomers.items()
             if uid in fetching and window_start is not None and arrived is not None and arrived.date() < window_start
         }
-        if old_ones and elsewhere:
-            other_copies = _copies_elsewhere(session, elsewhere, old_ones)
+        if old_ones and elsewhere is not None:
+            # This folder too: an older copy here may have been passed over by its listing.
+            other_copies = _copies_elsewhere(session, [*elsewhere, folder], old_ones, skip={folder.pk: fetching})
             session.select(folder.name, readonly=True)
     elif fetch_only is not None:
         uids = [uid for uid in uids if uid in fetch_only]
@@ -653,9 +656,9 @@ def take_in_uids(
     )
 
 
-def _copies_elsewhere(session, folders, message_ids_by_key: dict[str, str]):
+def _copies_elsewhere(session, folders, message_ids_by_key: dict[str, str], *, skip: dict[int, set[int]]):
     """key -> [(folder, uid, flags)] of the UIDs of `folders` (listings complete) that hold messages with
-    these Message-IDs and no location yet. Leaves another folder selected."""
+    these Message-IDs and no location yet (nor in `skip`: folder pk -> UIDs). Leaves another folder selected."""
     found: dict[str, list[tuple[MailFolder, int, tuple[str, ...]]]] = {}
     for other in folders:
         selected = session.select(other.name, readonly=True)
@@ -667,6 +670,7 @@ def _copies_elsewhere(session, folders, message_ids_by_key: dict[str, str]):
                 "uid", flat=True
             )
         )
+        known |= skip.get(other.pk, set())
         for item in session.fetch_identities([uid for uid in uids if uid not in known]):
             key = message_key_from_header(item.raw)
             if key in message_ids_by_key:

@@ -120,6 +120,31 @@ def test_old_mail_moved_into_a_folder_created_since_the_last_sync_is_kept(accoun
     assert_mirrors_server(account, dovecot, mail_user, "INBOX")
 
 
+def test_old_mail_no_listing_fetched_gets_all_its_copies_once_a_copy_of_it_is_stored(account, dovecot, mail_user):
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    raw = make_message("Old contract", date=old)
+    first = dovecot.deliver_many(mail_user, [(raw, (), old)])[0]
+    in_archive = dovecot.deliver_many(mail_user, [(raw, (), old)], "Archive")[0]
+    sync.sync_account(account.pk)
+    assert not live(account).exists()  # outside the window: not fetched
+
+    # The user drags it back into the inbox from an unsynced folder: it arrives by UIDNEXT and is stored.
+    dovecot.copy(mail_user, [first], "Junk")
+    dovecot.copy(mail_user, dovecot.uids(mail_user, "Junk"), "INBOX", folder="Junk")
+    arrived = max(dovecot.uids(mail_user))
+    sync.sync_account(account.pk)
+
+    message = live(account).get()
+    assert sorted(message.locations.values_list("folder__name", "uid")) == [
+        ("Archive", in_archive),
+        ("INBOX", first),
+        ("INBOX", arrived),
+    ]
+    dovecot.expunge(mail_user, [arrived])
+    assert sync.sync_account(account.pk).deleted_messages == 0  # its other copies are still there
+    assert live(account).get().pk == message.pk
+
+
 # --- 3. Renamed folder ---------------------------------------------------------------------------------
 
 
