@@ -1,7 +1,9 @@
 """Mail sync data: accounts, folders, messages (with their server locations), threads and links.
 
-Identity rules (see DESIGN.md "Rules that keep mail safe"):
-- a message is unique per account by `message_key` (hash of its Message-ID, or of date+from+subject+size);
+Identity rules (see DESIGN.md "Rules that keep mail safe" and mailsync.ingest):
+- a message is unique per account by (`message_key`, `content_hash`): the hash of its Message-ID (or of
+  date+from+subject+size) and a fingerprint of its content that ignores line endings and trace headers.
+  Different messages that reuse a Message-ID are stored apart; copies of one message are one row;
 - a copy of it on the server is unique by (folder, uidvalidity, uid) in MessageLocation;
 so the same mail in two folders is one EmailMessage with two locations, and re-running a sync is an upsert.
 """
@@ -211,6 +213,9 @@ class EmailMessage(models.Model):
     account = models.ForeignKey(EmailAccount, on_delete=models.CASCADE, related_name="messages")
     thread = models.ForeignKey(EmailThread, on_delete=models.CASCADE, related_name="messages")
     message_key = models.CharField(max_length=64, help_text="sha256 of Message-ID, or of a fallback fingerprint")
+    # parsing.content_fingerprint of the first copy stored; "" for mail stored before fingerprints
+    # existed (ingestion fills it in from the next copy it meets).
+    content_hash = models.CharField(max_length=64, blank=True, default="")
     message_id = models.CharField(max_length=998, blank=True, db_index=True)
     in_reply_to = models.CharField(max_length=998, blank=True)
     references = models.TextField(blank=True)
@@ -243,6 +248,10 @@ class EmailMessage(models.Model):
     # "user": deleted in the CRM (stays deleted); "server": gone from every synced folder (comes back
     # if it shows up again, e.g. moved into a folder that is synced later).
     deletion_source = models.CharField(max_length=10, blank=True)
+    # Set when the message lost its last server copy (moved, expunged, folder reset / renamed / deleted).
+    # The sync marks it deleted only once a complete listing of every synced folder has no copy of it
+    # (mailsync.sync), and clears this when a copy is found again.
+    unlocated_since = models.DateTimeField(null=True, blank=True)
     # Kept raw when parsing failed; the reason is shown to support staff.
     parse_error = models.TextField(blank=True)
     raw = models.FileField(upload_to="raw/%Y/%m/", blank=True)
@@ -251,11 +260,14 @@ class EmailMessage(models.Model):
     class Meta:
         ordering = ["-date", "-pk"]
         constraints = [
-            models.UniqueConstraint(fields=["account", "message_key"], name="message_unique_per_account"),
+            models.UniqueConstraint(
+                fields=["account", "message_key", "content_hash"], name="message_unique_content_per_account"
+            ),
         ]
         indexes = [
             models.Index(fields=["thread", "date"], name="message_thread_date_idx"),
             models.Index(fields=["account", "-date"], name="message_account_date_idx"),
+            models.Index(fields=["account"], condition=Q(unlocated_since__isnull=False), name="message_unlocated_idx"),
         ]
 
     def __str__(self) -> str:
