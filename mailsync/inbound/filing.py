@@ -1,0 +1,171 @@
+"""One Smart BCC message -> filed into the CRM, or listed under "Not filed" with the reason.
+
+Both inbound paths (webhooks, SMTP receiver) call `file_message` with the raw message, the envelope
+recipient (a BCC address is only in the envelope) and the SPF / DKIM verdicts they have.
+
+Rules, in order:
+1. The recipient must be a Smart BCC address (else: nothing is recorded; the SMTP receiver has already
+   refused it at RCPT time). A retired address files nothing: "Sent to a Smart BCC address you replaced".
+2. The From address must be the user's login address, an address (or alias) of one of their connected
+   accounts, or a confirmed alternate. Anything else is not filed, "unconfirmed" when it is an
+   alternate still waiting for its confirmation.
+3. Where the inbound path reported them, SPF and DKIM must not both fail for the From domain (a forged
+   From passes neither).
+4. Filing is ingestion, as for synced mail (mailsync.ingest): threading, placement (Sent), linking and
+   the default visibility, attachments, and its identity rules. The message goes into the account the
+   sender's address belongs to, so that its copy in that account's Sent folder (synced before or after)
+   is the same message, one row. A sender with no connected account (login address, alternates) gets a
+   mailbox-less account row of its own (provider "smart_bcc", never synced: state "removed", which
+   every sync, watcher and server action skips); connecting that mailbox later re-activates the same
+   row, so its Sent copies meet the filed ones there too. A copy of the message the owner already has in
+   any account is not stored twice: the delivery points at it.
+5. A SmartBccDelivery row records every filed message ("via Smart BCC") and every refusal ("Not filed").
+
+Delivering the same message twice (a provider's retry) files it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import Q
+
+from crm.addresses import normalize_email
+from mailsync.ingest import ingest_raw, own_addresses_for
+from mailsync.models import EmailAccount, EmailMessage, SmartBccAddress, SmartBccDelivery
+from mailsync.parsing import ParsedEmail, parse_message
+
+from . import selectors, services
+from .authentication import AuthResults
+
+logger = logging.getLogger(__name__)
+
+SMART_BCC_PROVIDER = "smart_bcc"
+Reason = SmartBccDelivery.Reason
+Status = SmartBccDelivery.Status
+
+
+@dataclass(frozen=True)
+class InboundMail:
+    raw: bytes
+    recipient: str
+    channel: str
+    envelope_sender: str = ""
+    event_id: str = ""
+    auth: AuthResults = field(default_factory=AuthResults)
+
+
+@dataclass(frozen=True)
+class FilingOutcome:
+    status: str  # "filed", "not_filed", or "unknown_recipient" (nothing recorded)
+    reason: str = ""
+    message_id: int | None = None
+    delivery_id: int | None = None
+
+    @property
+    def filed(self) -> bool:
+        return self.status == Status.FILED
+
+
+UNKNOWN_RECIPIENT = FilingOutcome(status="unknown_recipient")
+
+
+def file_message(mail: InboundMail) -> FilingOutcome:
+    address = selectors.address_for_recipient(mail.recipient)
+    if address is None:
+        logger.info("Smart BCC: no address %r; message dropped", mail.recipient[:320])
+        return UNKNOWN_RECIPIENT
+    user = address.user
+    parsed = parse_message(mail.raw)
+    sender = normalize_email(parsed.from_address)
+
+    if address.retired_at is not None:
+        return _not_filed(mail, address, parsed, Reason.RETIRED_ADDRESS)
+    senders = selectors.sender_addresses(user)
+    if not sender or sender not in senders.accepted:
+        reason = Reason.UNCONFIRMED_SENDER if sender in senders.pending else Reason.UNKNOWN_SENDER
+        return _not_filed(mail, address, parsed, reason)
+    if mail.auth.both_failed:
+        return _not_filed(mail, address, parsed, Reason.FAILED_AUTHENTICATION)
+
+    with transaction.atomic():
+        message_id = _stored_copy(user.pk, parsed)
+        if message_id is None:
+            account = _account_for_sender(user, sender)
+            own = own_addresses_for(account) | senders.accepted
+            result = ingest_raw(account, [mail.raw], flags=("\\Seen",), own_addresses=own)
+            message_id = result.message_ids[0]
+        delivery, _created = SmartBccDelivery.objects.get_or_create(
+            user=user,
+            message_id=message_id,
+            defaults=_delivery_fields(mail, address, parsed, Status.FILED, Reason.NONE),
+        )
+    logger.info("Smart BCC: message %s filed for user %s via %s", message_id, user.pk, mail.channel)
+    return FilingOutcome(status=Status.FILED, message_id=message_id, delivery_id=delivery.pk)
+
+
+def _stored_copy(owner_id: int, parsed: ParsedEmail) -> int | None:
+    """A message of this owner, in any of their accounts, with the same identity (mailsync.ingest's key)."""
+    return (
+        EmailMessage.objects.filter(account__user_id=owner_id, message_key=parsed.message_key)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+
+
+def _account_for_sender(user, sender: str) -> EmailAccount:
+    """The connected account the sender's address belongs to, else the sender's mailbox-less row."""
+    account = (
+        EmailAccount.objects.filter(user=user)
+        .exclude(state=EmailAccount.State.REMOVED)
+        .filter(Q(email_address__iexact=sender) | Q(addresses__address__iexact=sender))
+        .order_by("pk")
+        .first()
+    )
+    if account is not None:
+        return account
+    account, _created = EmailAccount.objects.get_or_create(
+        user=user,
+        email_address=sender,
+        defaults={
+            "provider": SMART_BCC_PROVIDER,
+            "username": sender,
+            "state": EmailAccount.State.REMOVED,
+            "display_name": "Smart BCC",
+        },
+    )
+    return account
+
+
+def _delivery_fields(mail: InboundMail, address: SmartBccAddress, parsed: ParsedEmail, status: str, reason: str):
+    return {
+        "address": address,
+        "status": status,
+        "reason": reason,
+        "channel": mail.channel[:20],
+        "event_id": (mail.event_id or "")[:200],
+        "from_address": (parsed.from_address or "")[:320],
+        "subject": (parsed.subject or "")[:300],
+        "message_id_header": (parsed.message_id or "")[:998],
+        "envelope_sender": (mail.envelope_sender or "")[:320],
+        "spf": mail.auth.spf,
+        "dkim": mail.auth.dkim,
+    }
+
+
+def _not_filed(mail: InboundMail, address: SmartBccAddress, parsed: ParsedEmail, reason: str) -> FilingOutcome:
+    user_id = address.user_id
+    if mail.event_id:
+        repeated = SmartBccDelivery.objects.filter(user_id=user_id, channel=mail.channel, event_id=mail.event_id)
+        existing = repeated.values_list("pk", flat=True).first()
+        if existing is not None:  # the provider retried a delivery already listed
+            return FilingOutcome(status=Status.NOT_FILED, reason=reason, delivery_id=existing)
+    delivery = SmartBccDelivery.objects.create(
+        user_id=user_id, **_delivery_fields(mail, address, parsed, Status.NOT_FILED, reason)
+    )
+    services.prune_not_filed(user_id)
+    logger.info("Smart BCC: message for user %s not filed (%s)", user_id, reason)
+    return FilingOutcome(status=Status.NOT_FILED, reason=reason, delivery_id=delivery.pk)
