@@ -313,3 +313,12 @@ def test_thread_view_marks_mail_filed_via_smart_bcc(alice, alice_bcc, client):
     client.force_login(alice)
     page = client.get(reverse("mailsync:thread_detail", args=[thread.pk])).content.decode()
     assert "via Smart BCC" in page
+
+
+def test_a_different_message_reusing_a_message_id_is_not_taken_for_a_copy(alice, alice_bcc):
+    from mailsync.ingest import ingest_raw
+
+    other = EmailAccountFactory(user=alice, email_address="alice@private.test")
+    synced = ingest_raw(other, [sent_copy(message_id="<reused@company.test>", body="Another text.\n")])
+    outcome = deliver(alice_bcc, sent_copy(message_id="<reused@company.test>"))
+    assert outcome.filed and outcome.message_id != synced.message_ids[0]

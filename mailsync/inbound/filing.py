@@ -107,13 +107,37 @@ def file_message(mail: InboundMail) -> FilingOutcome:
 
 
 def _stored_copy(owner_id: int, parsed: ParsedEmail) -> int | None:
-    """A message of this owner, in any of their accounts, with the same identity (mailsync.ingest's key)."""
-    return (
+    """The owner's stored copy of this message, in any of their accounts: the same Message-ID key and
+    the same content once the differences a trip through the Internet makes are set aside (`same_content`).
+    A different message that reuses the Message-ID is not a copy."""
+    candidates = list(
         EmailMessage.objects.filter(account__user_id=owner_id, message_key=parsed.message_key)
         .order_by("pk")
-        .values_list("pk", flat=True)
-        .first()
+        .prefetch_related("attachments")
     )
+    return next((message.pk for message in candidates if same_content(message, parsed)), None)
+
+
+def same_content(stored: EmailMessage, parsed: ParsedEmail) -> bool:
+    """Is `parsed` (a BCC copy) the message `stored` (e.g. the sender's Sent copy)?
+
+    The two never have the same bytes: the BCC copy gained trace headers and a DKIM-Signature on its
+    way, the Sent copy keeps the Bcc header the client wrote. What the sender wrote is the same: From,
+    Subject, Date, the text and the attachments (parsed by the same parser, so compared as parsed)."""
+    if normalize_email(stored.from_address) != normalize_email(parsed.from_address):
+        return False
+    if (stored.subject or "") != (parsed.subject or ""):
+        return False
+    if parsed.date is not None and stored.date is not None and abs((stored.date - parsed.date).total_seconds()) > 1:
+        return False
+    if _text(stored.body_text) != _text(parsed.body_text):
+        return False
+    stored_files = sorted((a.filename, a.size) for a in stored.attachments.all())
+    return stored_files == sorted((a.filename[:500], a.size) for a in parsed.attachments)
+
+
+def _text(value: str) -> str:
+    return " ".join((value or "").split())
 
 
 def _account_for_sender(user, sender: str) -> EmailAccount:
