@@ -18,7 +18,9 @@ Rules, in order:
    mailbox-less account row of its own (provider "smart_bcc", never synced: state "removed", which
    every sync, watcher and server action skips); connecting that mailbox later re-activates the same
    row, so its Sent copies meet the filed ones there too. A copy of the message the owner already has in
-   any account is not stored twice: the delivery points at it.
+   any account (same Message-ID and same content: `same_content`) is not stored twice: the delivery
+   points at it. Where ingestion fingerprints content, a newly filed message is left without a
+   fingerprint (`_await_server_copy`), so the Sent copy synced later is taken for it, not kept apart.
 5. A SmartBccDelivery row records every filed message ("via Smart BCC") and every refusal ("Not filed").
 
 Delivering the same message twice (a provider's retry) files it once.
@@ -97,6 +99,8 @@ def file_message(mail: InboundMail) -> FilingOutcome:
             own = own_addresses_for(account) | senders.accepted
             result = ingest_raw(account, [mail.raw], flags=("\\Seen",), own_addresses=own)
             message_id = result.message_ids[0]
+            if result.created:
+                _await_server_copy(account, message_id, parsed.message_key)
         delivery, _created = SmartBccDelivery.objects.get_or_create(
             user=user,
             message_id=message_id,
@@ -138,6 +142,26 @@ def same_content(stored: EmailMessage, parsed: ParsedEmail) -> bool:
 
 def _text(value: str) -> str:
     return " ".join((value or "").split())
+
+
+# Ingestion identifies a message by Message-ID key *and* content fingerprint (content_hash) once the
+# identity-by-content change (issue 9) is in; until then by the key alone, and nothing needs doing here.
+_FINGERPRINTED = any(model_field.name == "content_hash" for model_field in EmailMessage._meta.get_fields())
+
+
+def _await_server_copy(account: EmailAccount, message_id: int, message_key: str) -> None:
+    """Let the sender's Sent copy, synced later, be this message.
+
+    The BCC copy's content fingerprint is never the Sent copy's (trace headers and a DKIM-Signature on
+    one, the Bcc header on the other), so ingestion would keep the two apart. A message whose
+    fingerprint is not known yet (content_hash "") is taken by the next copy with its Message-ID that
+    ingestion meets in the account (mailsync.ingest.match_identities), which records its own."""
+    if not _FINGERPRINTED:
+        return
+    waiting = EmailMessage.objects.filter(account=account, message_key=message_key, content_hash="")
+    if waiting.exists():
+        return  # another filed message with this Message-ID already waits for its copy
+    EmailMessage.objects.filter(pk=message_id).update(content_hash="")
 
 
 def _account_for_sender(user, sender: str) -> EmailAccount:
