@@ -7,6 +7,7 @@ app_name = "mailsync"
 urlpatterns: list = [
     path("", include("mailsync.conversation_urls")),
     path("", include("mailsync.inbox_urls")),
+    path("", include("mailsync.inbound.urls")),
     # Settings > Email sync: mail accounts
     path("settings/", views.settings_page, name="settings"),
     path("settings/accounts/add/", views.account_add, name="account_add"),
