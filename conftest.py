@@ -9,7 +9,7 @@ import os
 import pytest
 
 # Real Dovecot / aiosmtpd / misbehaving servers as fixtures (see tests/mailservers.py).
-pytest_plugins = ["tests.mailservers"]
+pytest_plugins = ["tests.mailservers", "tests.smart_bcc_support"]
 
 
 def pytest_configure(config):

@@ -256,3 +256,34 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# Smart BCC (mailsync.inbound). Personal addresses are u-xxxxxxxxxx@MAILSYNC_SMART_BCC_DOMAIN; empty = off.
+MAILSYNC_SMART_BCC_DOMAIN = os.environ.get("MAILSYNC_SMART_BCC_DOMAIN", "").strip().lower()
+# How long the link that confirms an alternate sender address stays valid.
+MAILSYNC_SMART_BCC_CONFIRM_HOURS = int(os.environ.get("MAILSYNC_SMART_BCC_CONFIRM_HOURS", "72"))
+# The built-in receiver (`manage.py smart_bcc_server`): listen address, certificate for STARTTLS, size limit.
+MAILSYNC_SMART_BCC_SMTP_HOST = os.environ.get("MAILSYNC_SMART_BCC_SMTP_HOST", "0.0.0.0")  # noqa: S104 (an MX)
+MAILSYNC_SMART_BCC_SMTP_PORT = int(os.environ.get("MAILSYNC_SMART_BCC_SMTP_PORT", "25"))
+MAILSYNC_SMART_BCC_SMTP_HOSTNAME = os.environ.get("MAILSYNC_SMART_BCC_SMTP_HOSTNAME", "")
+MAILSYNC_SMART_BCC_TLS_CERT = os.environ.get("MAILSYNC_SMART_BCC_TLS_CERT", "")
+MAILSYNC_SMART_BCC_TLS_KEY = os.environ.get("MAILSYNC_SMART_BCC_TLS_KEY", "")
+MAILSYNC_SMART_BCC_REQUIRE_TLS = env_bool("MAILSYNC_SMART_BCC_REQUIRE_TLS", False)
+MAILSYNC_SMART_BCC_MAX_BYTES = int(os.environ.get("MAILSYNC_SMART_BCC_MAX_BYTES", str(40 * 1024 * 1024)))
+# The receiver checks SPF and DKIM itself (DNS lookups); off only where the server has no DNS.
+MAILSYNC_SMART_BCC_CHECK_AUTH = env_bool("MAILSYNC_SMART_BCC_CHECK_AUTH", True)
+
+# django-anymail's inbound webhooks (Smart BCC). Each provider's proof of origin; a provider whose proof is
+# not configured is refused (403). ANYMAIL_WEBHOOK_SECRET: "user:password" for HTTP basic auth (Postmark,
+# Amazon SES; SendGrid without a verification key), comma-separated to rotate.
+ANYMAIL = {
+    key: value
+    for key, value in {
+        "WEBHOOK_SECRET": env_list("ANYMAIL_WEBHOOK_SECRET"),
+        "MAILGUN_WEBHOOK_SIGNING_KEY": os.environ.get("ANYMAIL_MAILGUN_WEBHOOK_SIGNING_KEY", ""),
+        "SENDGRID_INBOUND_WEBHOOK_VERIFICATION_KEY": os.environ.get(
+            "ANYMAIL_SENDGRID_INBOUND_WEBHOOK_VERIFICATION_KEY", ""
+        ),
+        "AMAZON_SES_AUTO_CONFIRM_SNS_SUBSCRIPTIONS": env_bool("ANYMAIL_AMAZON_SES_AUTO_CONFIRM_SNS", True),
+    }.items()
+    if value not in ("", [])
+}

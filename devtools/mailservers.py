@@ -588,6 +588,16 @@ class DovecotServer:
     def move(self, user: MailUser, uids: list[int], destination: str, folder: str = "INBOX") -> None:
         self.doveadm("move", destination, "mailbox", folder, "uid", _uid_set(uids), user=user)
 
+    def copy(self, user: MailUser, uids: list[int], destination: str, folder: str = "INBOX") -> None:
+        self.doveadm("copy", destination, "mailbox", folder, "uid", _uid_set(uids), user=user)
+
+    def rename_folder(self, user: MailUser, folder: str, new_name: str) -> None:
+        self.doveadm("mailbox rename", folder, new_name, user=user)
+
+    def delete_folder(self, user: MailUser, folder: str) -> None:
+        """Delete a folder and every message in it."""
+        self.doveadm("mailbox delete", folder, user=user)
+
     def expunge(self, user: MailUser, uids: list[int], folder: str = "INBOX") -> None:
         self.doveadm("expunge", "mailbox", folder, "uid", _uid_set(uids), user=user)
 

@@ -5,5 +5,6 @@ app_name = "mailsync"
 urlpatterns: list = [
     path("", include("mailsync.workspace.conversation_urls")),
     path("", include("mailsync.workspace.inbox_urls")),
+    path("", include("mailsync.inbound.urls")),
     path("", include("mailsync.workspace.settings_urls")),
 ]

@@ -12,6 +12,7 @@ from mailsync.models import EmailAccount, EmailMessage, MessageLocation
 from tests.test_ingest import build_message
 
 CORPUS = Path("/work/shared/corpus")
+KEPT_APART = "kept apart from a different message with the same Message-ID"
 
 
 @pytest.fixture(autouse=True)
@@ -40,12 +41,12 @@ def test_import_eml_files_and_rerun_imports_nothing(account, tmp_path):
     (tmp_path / "export" / "notes.md").write_text("# not mail\n")
 
     output = run(account.pk, tmp_path / "export")
-    assert "3 created, 0 already present, 0 failed to parse but kept raw" in output
+    assert f"3 new (0 {KEPT_APART}), 0 copies of messages already stored, 0 failed to parse but kept raw" in output
     assert EmailMessage.objects.filter(account=account).count() == 3
     assert EmailMessage.objects.filter(is_read=True).count() == 3
 
     again = run("ALICE@company.test", tmp_path / "export" / "nested" / "1.eml", tmp_path / "export")
-    assert "0 created, 4 already present" in again
+    assert f"0 new (0 {KEPT_APART}), 4 copies of messages already stored" in again
     assert EmailMessage.objects.count() == 3
     assert MessageLocation.objects.count() == 0
 
@@ -62,13 +63,14 @@ def test_import_mbox_with_flags(account, tmp_path):
     box.close()
 
     output = run(account.email_address, path)
-    assert "5 created" in output
+    assert "5 new" in output
     first = EmailMessage.objects.get(message_id="msg-1@customer.example")
     assert first.is_read and first.is_flagged
     assert not EmailMessage.objects.get(message_id="msg-2@customer.example").is_read
     # mbox escapes body lines starting with "From "; the message still parses whole.
     assert "line 3" in EmailMessage.objects.get(message_id="msg-3@customer.example").body_text
-    assert "0 created, 5 already present" in run(account.pk, path)
+    assert "0 new (0 kept apart" in (again := run(account.pk, path))
+    assert "5 copies of messages already stored" in again
 
 
 def test_import_maildir_with_subfolders(account, tmp_path):
@@ -84,12 +86,13 @@ def test_import_maildir_with_subfolders(account, tmp_path):
 
     output = run(account.pk, root)
     assert "Importing 3 message(s)" in output
-    assert "3 created" in output
+    assert "3 new" in output
     first = EmailMessage.objects.get(message_id="msg-1@customer.example")
     assert first.is_read and first.is_flagged
     assert not EmailMessage.objects.get(message_id="msg-2@customer.example").is_read
     assert EmailMessage.objects.get(message_id="msg-3@customer.example").direction == "sent"
-    assert "0 created, 3 already present" in run(account.pk, root)
+    assert "0 new (0 kept apart" in (again := run(account.pk, root))
+    assert "3 copies of messages already stored" in again
 
 
 def test_import_the_corpus_keeps_every_message(account, tmp_path):
@@ -107,8 +110,9 @@ def test_import_the_corpus_keeps_every_message(account, tmp_path):
     ]
     created = EmailMessage.objects.count()
     summary = output.strip().splitlines()[-1]
-    # Every file was read; messages sharing a Message-ID (copies in the fixtures) are stored once.
-    assert f"Done: {len(files)} message(s) read - {created} created" in summary
+    # Every file was read; copies (same Message-ID and content but for line endings and trace headers)
+    # are stored once, different messages sharing a Message-ID each.
+    assert f"Done: {len(files)} message(s) read - {created} new" in summary
     assert created > 200
     kept_raw = EmailMessage.objects.exclude(parse_error="")
     assert kept_raw.exists()
@@ -116,7 +120,7 @@ def test_import_the_corpus_keeps_every_message(account, tmp_path):
     assert f"{kept_raw.count()} failed to parse but kept raw" in summary
 
     again = run(account.pk, copy, "--batch-size", "100")
-    assert f"Done: {len(files)} message(s) read - 0 created" in again
+    assert f"Done: {len(files)} message(s) read - 0 new (0 {KEPT_APART}), {len(files)} copies" in again
     assert EmailMessage.objects.count() == created
 
 
@@ -124,7 +128,7 @@ def test_import_with_worker_processes(account, tmp_path):
     for number in range(1, 8):
         (tmp_path / f"{number}.eml").write_bytes(build_message(number))
     output = run(account.pk, tmp_path, "--workers", "2", "--batch-size", "3")
-    assert "7 created" in output
+    assert "7 new" in output
     assert EmailMessage.objects.count() == 7
 
 
@@ -139,3 +143,16 @@ def test_bad_arguments_give_clear_errors(account, tmp_path):
     with pytest.raises(CommandError, match="No messages found"):
         run(account.pk, tmp_path)
     assert EmailMessage.objects.count() == 0
+
+
+def test_import_keeps_different_messages_that_share_a_message_id_and_counts_copies(account, tmp_path):
+    reused = "<reused@broken-mailer.example>"
+    (tmp_path / "a.eml").write_bytes(build_message(1, message_id=reused, subject="Quote", body="100 EUR"))
+    (tmp_path / "b.eml").write_bytes(build_message(2, message_id=reused, subject="Other", sender="c@else.example"))
+    copy = b"Received: from mx by mail\r\n" + build_message(1, message_id=reused, subject="Quote", body="100 EUR")
+    (tmp_path / "c.eml").write_bytes(copy.replace(b"\r\n", b"\n"))
+
+    summary = run(account.pk, tmp_path).strip().splitlines()[-1]
+
+    assert f"3 message(s) read - 2 new (1 {KEPT_APART}), 1 copies of messages already stored" in summary
+    assert sorted(EmailMessage.objects.values_list("subject", flat=True)) == ["Other", "Quote"]

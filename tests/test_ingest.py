@@ -421,3 +421,70 @@ def test_concurrent_ingestion_of_the_same_batch_creates_no_duplicates(alice):
     # Three conversations (by their common root reference), each thread created once.
     assert EmailThread.objects.count() == 3
     assert sorted(EmailThread.objects.values_list("message_count", flat=True)) == [13, 13, 14]
+
+
+# --- identity: Message-ID and content (issue 9) ------------------------------------------------------
+
+
+def test_different_messages_sharing_a_message_id_are_kept_apart_and_copies_are_one(account, media_root):
+    first = build_message(1, subject="Invoice", attachment=("invoice.pdf", b"%PDF-1"))
+    other = build_message(1, subject="Lunch?", sender="Carol <carol@else.example>", attachment=("menu.pdf", b"%PDF-2"))
+    restamped = b"Received: from mx by mail; Tue, 4 Mar 2025 09:00:00 +0000\r\nReturn-Path: <bob@x>\r\n" + first
+    lf_copy = first.replace(b"\r\n", b"\n")
+
+    result = ingest_raw(account, [first, other, restamped, lf_copy])
+
+    assert (result.created, result.kept_apart, result.existing) == (2, 1, 2)
+    stored = EmailMessage.objects.filter(account=account)
+    assert sorted(stored.values_list("subject", flat=True)) == ["Invoice", "Lunch?"]
+    assert stored.values("thread").distinct().count() == 1  # one conversation: they claim to be one message
+    # Each keeps its own attachment (file names follow the message's identity, not only its Message-ID).
+    payloads = {a.message.subject: a.file.read() for a in Attachment.objects.select_related("message")}
+    assert payloads == {"Invoice": b"%PDF-1", "Lunch?": b"%PDF-2"}
+    again = ingest_raw(account, [other, first])
+    assert (again.created, again.existing) == (0, 2)
+
+
+def test_a_message_id_in_two_folders_is_one_message_even_when_a_server_added_headers(account, inbox, archive):
+    raw = build_message(3)
+    ingest_batch(account, inbox, fetched([raw]), uidvalidity=7)
+    # The Archive copy carries a header the receiving side added (not a trace header).
+    result = ingest_batch(account, archive, fetched([b"X-Filter-Verdict: clean\r\n" + raw]), uidvalidity=9)
+    assert (result.created, result.existing) == (0, 1)
+    message = EmailMessage.objects.get()
+    assert sorted(message.locations.values_list("folder__name", flat=True)) == ["Archive", "INBOX"]
+    # In the same folder, the same changed copy is another message.
+    same_folder = ingest_batch(account, inbox, fetched([b"X-Filter-Verdict: clean\r\n" + raw], start_uid=2))
+    assert (same_folder.created, same_folder.kept_apart) == (1, 1)
+
+
+def test_mail_stored_before_content_fingerprints_is_matched_and_gets_its_fingerprint(account, inbox):
+    raw = build_message(4)
+    ingest_batch(account, inbox, fetched([raw]), uidvalidity=7)
+    EmailMessage.objects.update(content_hash="")  # as migration 0006 leaves existing rows
+    legacy = EmailMessage.objects.get()
+
+    result = ingest_raw(account, [raw.replace(b"\r\n", b"\n")])
+
+    assert (result.created, result.existing) == (0, 1)
+    legacy.refresh_from_db()
+    assert legacy.content_hash == parse_message(raw).content_hash
+    assert ingest_raw(account, [build_message(4, subject="Another one")]).kept_apart == 1
+
+
+def test_a_copy_found_again_is_no_longer_unlocated(account, inbox, archive):
+    raw = build_message(5)
+    ingest_batch(account, inbox, fetched([raw]), uidvalidity=7)
+    EmailMessage.objects.update(unlocated_since=timezone.now())
+    ingest_batch(account, archive, fetched([raw]), uidvalidity=9)
+    assert EmailMessage.objects.get().unlocated_since is None
+
+
+def test_parse_workers_exit_when_the_pool_closes():
+    pool = ParsePool(workers=2)
+    pool.submit([build_message(1)], frozenset()).result()
+    processes = [worker.process for worker in pool._workers]
+    assert all(process is not None and process.poll() is None for process in processes)
+    pool.close()
+    assert all(worker.process is None for worker in pool._workers)
+    assert all(process.poll() is not None for process in processes)

@@ -514,3 +514,68 @@ def test_non_bytes_input_is_handled():
     parsed = parse_message("From: a@b.example\nSubject: str input\n\nbody")  # type: ignore[arg-type]
     assert parsed.subject == "str input"
     assert parse_message(None).parse_error  # type: ignore[arg-type]
+
+
+# --- identity and decoding (issue 9) ----------------------------------------------------------------
+
+
+def test_content_fingerprint_ignores_line_endings_trace_headers_and_mbox_quoting():
+    from mailsync.sync.parsing import content_fingerprint
+
+    raw = (
+        b"From: a@example.org\r\nTo: b@example.org\r\nSubject: Hi\r\nMessage-ID: <fp@example.org>\r\n\r\n"
+        b"Line one\r\nFrom the start\r\n"
+    )
+    base = content_fingerprint(raw)
+    assert content_fingerprint(raw.replace(b"\r\n", b"\n")) == base
+    assert content_fingerprint(raw.replace(b"\r\n", b"\r")) == base
+    traced = (
+        b"Return-Path: <a@example.org>\r\nReceived: from mx.example.org\r\n\tby mail.test; Tue, 4 Mar 2025\r\n"
+        b"Delivered-To: b@example.org\r\nX-Original-To: b@example.org\r\n" + raw + b"\r\n\r\n"
+    )
+    assert content_fingerprint(traced) == base
+    mbox = b"From a@example.org Tue Mar  4 09:00:00 2025\n" + raw.replace(b"\r\n", b"\n").replace(
+        b"\nFrom the", b"\n>From the"
+    ).replace(b"Subject: Hi\n", b"Subject: Hi\nStatus: RO\nX-Status: F\n")
+    assert content_fingerprint(mbox) == base
+    assert content_fingerprint(raw.replace(b"Line one", b"Line 1")) != base
+    assert content_fingerprint(raw.replace(b"Subject: Hi", b"Subject: Hello")) != base
+    assert parse_message(raw).content_hash == base
+
+
+def test_message_key_from_the_header_alone_matches_the_parser_on_the_corpus():
+    from mailsync.sync.parsing import message_key_from_header
+
+    checked = 0
+    for path in sorted(CORPUS.rglob("*")):
+        if not path.is_file() or path.name.startswith(("LICENSE", "SOURCES")):
+            continue
+        raw = path.read_bytes()
+        parsed = parse_message(raw)
+        if not parsed.message_id:
+            continue
+        head = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+        assert message_key_from_header(head) == parsed.message_key, path
+        checked += 1
+    assert checked > 200
+
+
+def test_a_mislabelled_charset_is_decoded_with_the_detected_one():
+    text = "お見積もりの件、ありがとうございます。来週の打ち合わせでご説明いたします。" * 2
+    raw = (
+        b"From: a@example.jp\r\nSubject: x\r\nMessage-ID: <m@example.jp>\r\n"
+        b"Content-Type: text/plain; charset=iso-2022-jp\r\n\r\n" + text.encode("euc_jp")
+    )
+    parsed = parse_message(raw)
+    assert parsed.body_text.strip() == text
+    assert parsed.parse_error == ""
+
+
+def test_text_left_with_replacement_characters_is_flagged_so_the_raw_is_kept():
+    raw = (
+        b"From: a@example.org\r\nSubject: x\r\nMessage-ID: <r@example.org>\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + "Café déjà vu ".encode() + b"\xff\xfe end"
+    )
+    parsed = parse_message(raw)
+    assert "\ufffd" in parsed.body_text and "Café déjà vu" in parsed.body_text
+    assert "2 character(s) could not be decoded (declared charset utf-8)" in parsed.parse_error

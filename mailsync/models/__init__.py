@@ -1,7 +1,9 @@
 """Mail sync data: accounts, folders, messages (with their server locations), threads and links.
 
-Identity rules (see DESIGN.md "Rules that keep mail safe"):
-- a message is unique per account by `message_key` (hash of its Message-ID, or of date+from+subject+size);
+Identity rules (see DESIGN.md "Rules that keep mail safe" and mailsync.ingest):
+- a message is unique per account by (`message_key`, `content_hash`): the hash of its Message-ID (or of
+  date+from+subject+size) and a fingerprint of its content that ignores line endings and trace headers.
+  Different messages that reuse a Message-ID are stored apart; copies of one message are one row;
 - a copy of it on the server is unique by (folder, uidvalidity, uid) in MessageLocation;
 so the same mail in two folders is one EmailMessage with two locations, and re-running a sync is an upsert.
 
@@ -217,6 +219,9 @@ class EmailMessage(models.Model):
     account = models.ForeignKey(EmailAccount, on_delete=models.CASCADE, related_name="messages")
     thread = models.ForeignKey(EmailThread, on_delete=models.CASCADE, related_name="messages")
     message_key = models.CharField(max_length=64, help_text="sha256 of Message-ID, or of a fallback fingerprint")
+    # parsing.content_fingerprint of the first copy stored; "" for mail stored before fingerprints
+    # existed (ingestion fills it in from the next copy it meets).
+    content_hash = models.CharField(max_length=64, blank=True, default="")
     message_id = models.CharField(max_length=998, blank=True, db_index=True)
     in_reply_to = models.CharField(max_length=998, blank=True)
     references = models.TextField(blank=True)
@@ -249,6 +254,10 @@ class EmailMessage(models.Model):
     # "user": deleted in the CRM (stays deleted); "server": gone from every synced folder (comes back
     # if it shows up again, e.g. moved into a folder that is synced later).
     deletion_source = models.CharField(max_length=10, blank=True)
+    # Set when the message lost its last server copy (moved, expunged, folder reset / renamed / deleted).
+    # The sync marks it deleted only once a complete listing of every synced folder has no copy of it
+    # (mailsync.sync), and clears this when a copy is found again.
+    unlocated_since = models.DateTimeField(null=True, blank=True)
     # Kept raw when parsing failed; the reason is shown to support staff.
     parse_error = models.TextField(blank=True)
     raw = models.FileField(upload_to="raw/%Y/%m/", blank=True)
@@ -257,11 +266,14 @@ class EmailMessage(models.Model):
     class Meta:
         ordering = ["-date", "-pk"]
         constraints = [
-            models.UniqueConstraint(fields=["account", "message_key"], name="message_unique_per_account"),
+            models.UniqueConstraint(
+                fields=["account", "message_key", "content_hash"], name="message_unique_content_per_account"
+            ),
         ]
         indexes = [
             models.Index(fields=["thread", "date"], name="message_thread_date_idx"),
             models.Index(fields=["account", "-date"], name="message_account_date_idx"),
+            models.Index(fields=["account"], condition=Q(unlocated_since__isnull=False), name="message_unlocated_idx"),
         ]
 
     def __str__(self) -> str:
@@ -530,3 +542,93 @@ class BlockedAddress(models.Model):
 
     def __str__(self) -> str:
         return self.pattern
+
+
+# --- Smart BCC (mailsync.inbound) -----------------------------------------------------------------------
+
+
+class SmartBccAddress(models.Model):
+    """A user's personal Smart BCC address, `<local_part>@<MAILSYNC_SMART_BCC_DOMAIN>` (B1).
+
+    One active address per user; "new address" retires the active one (retired_at), and mail to a retired
+    address is refused, so an address that leaked stops working. Retired rows stay to explain refusals."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="smart_bcc_addresses")
+    local_part = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user"], condition=Q(retired_at__isnull=True), name="smart_bcc_one_active_address"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.local_part
+
+
+class SmartBccSender(models.Model):
+    """An alternate address the user sends from (B2). Accepted only once confirmed through the signed link
+    emailed to it. The login address and the addresses of connected accounts need no row."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="smart_bcc_senders")
+    address = models.CharField(max_length=320)
+    created_at = models.DateTimeField(auto_now_add=True)
+    confirmation_sent_at = models.DateTimeField(null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["address"]
+        constraints = [models.UniqueConstraint(fields=["user", "address"], name="smart_bcc_sender_unique")]
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class SmartBccDelivery(models.Model):
+    """One message that reached a Smart BCC address: filed (-> the stored EmailMessage, shown "via Smart
+    BCC") or not filed, with the reason the user sees under "Not filed"."""
+
+    class Status(models.TextChoices):
+        FILED = "filed", "Filed"
+        NOT_FILED = "not_filed", "Not filed"
+
+    class Reason(models.TextChoices):
+        NONE = "", "-"
+        UNKNOWN_SENDER = "unknown_sender", "Sent from an address that is not one of yours"
+        UNCONFIRMED_SENDER = "unconfirmed_sender", "Sent from an alternate address that is not confirmed yet"
+        FAILED_AUTHENTICATION = "failed_authentication", "Failed both SPF and DKIM: the sender may be forged"
+        RETIRED_ADDRESS = "retired_address", "Sent to a Smart BCC address you replaced"
+        UNREADABLE = "unreadable", "The message could not be read"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    address = models.ForeignKey(SmartBccAddress, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    message = models.ForeignKey(
+        EmailMessage, null=True, blank=True, on_delete=models.CASCADE, related_name="smart_bcc_deliveries"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices)
+    reason = models.CharField(max_length=30, choices=Reason.choices, blank=True, default="")
+    channel = models.CharField(max_length=20, help_text="mailgun, postmark, sendgrid, amazon_ses or smtp")
+    event_id = models.CharField(max_length=200, blank=True, help_text="The provider's id of the delivery")
+    from_address = models.CharField(max_length=320, blank=True)
+    subject = models.CharField(max_length=300, blank=True)
+    message_id_header = models.CharField(max_length=998, blank=True)
+    envelope_sender = models.CharField(max_length=320, blank=True)
+    spf = models.CharField(max_length=20, blank=True, help_text="SPF result for the From domain, as reported")
+    dkim = models.CharField(max_length=20, blank=True, help_text="DKIM result for the From domain, as reported")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "message"], condition=Q(message__isnull=False), name="smart_bcc_filed_once"
+            ),
+        ]
+        indexes = [models.Index(fields=["user", "status", "-received_at"], name="smart_bcc_delivery_list_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.subject or '(no subject)'}"

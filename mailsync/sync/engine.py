@@ -1,19 +1,34 @@
 """The sync engine: one account's mailbox -> the database, exactly once, crash-safe.
 
+THE deletion rule: a message is marked deleted on the server only after a complete UID listing of
+every synced folder shows no copy of it. A date window decides what is fetched, never what is deleted.
+
 How a run goes (`sync_account`):
 1. Take the account's lock (one sync per account at a time; PostgreSQL advisory lock, or a lease row
    on SQLite). A second worker that finds it taken returns at once.
 2. Connect (mailsync.imap is the only module that speaks IMAP), discover folders with their roles.
-3. For every synced folder, the cheap incremental pass: STATUS says whether anything changed
-   (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, MESSAGES). Only then: new UIDs are fetched, flag changes
-   come through CONDSTORE CHANGEDSINCE, deletions through QRESYNC VANISHED (or a UID list diff on
-   servers without it). A UIDVALIDITY change voids the folder's UIDs: its locations are dropped and
-   the folder is fetched again; messages are matched by their message key, so nothing is duplicated.
-4. Within a time budget, the windowed work: the initial sync (the last N days, newest first) of
-   folders that have not had it yet, then a requested past-email sync (S4). Whatever does not fit is
-   left for the next run, which the caller schedules at once (`SyncReport.more_work`).
-5. Messages that are no longer in any synced folder are marked deleted (source "server"); one that
-   shows up again (moved into a synced folder) comes back.
+   A folder that vanished while one with its UIDVALIDITY appeared, holding the same messages under
+   the UIDs we checked, was renamed: the folder row takes the new name and keeps its copies and
+   cursors. Otherwise the vanished folder's copies are dropped and the new folder is listed in full.
+3. For every folder whose listing is complete, the cheap incremental pass: STATUS says whether anything
+   changed (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, MESSAGES). Only then: new UIDs are taken in, flag
+   changes come through CONDSTORE CHANGEDSINCE, deletions through QRESYNC VANISHED (or a UID list diff
+   on servers without it). A UIDVALIDITY change voids the folder's UIDs: its copies are dropped and
+   the folder is listed again in full.
+4. Full listing of the folders that need one (new, renamed but not recognised, reset, unfinished),
+   within the time budget: every UID (SEARCH ALL: UIDs only, cheap), and of the UIDs not known yet
+   only their Message-ID field. A UID whose Message-ID is that of a stored message becomes a copy of
+   it without being fetched, so the message keeps its links, read state and visibility; a message
+   never stored is fetched only inside the date window (the last N days, or the past-email period
+   once synced); a UID the Message-ID alone cannot settle (a Message-ID that several stored messages
+   share, say) is fetched and matched by content (ingest.match_identities). New UIDs of the
+   incremental pass go through the same matching, whatever their date.
+5. Within the time budget, a requested past-email sync (S4). Whatever does not fit is left for the
+   next run, which the caller schedules at once (`SyncReport.more_work`).
+6. Deletions (`settle_unlocated`): a message that lost its last copy is "unlocated" (a database
+   field, so a killed run forgets nothing). Only when every synced folder's listing is complete, and
+   STATUS shows that no folder received mail while the run went through them, is an unlocated message
+   that still has no copy marked deleted (source "server"). One that shows up again comes back.
 
 Every batch is fetched first, parsed outside any transaction, and written in one short transaction
 that also advances the folder's cursor (ingest.ingest_batch's before_commit), so a worker killed at
@@ -39,10 +54,19 @@ from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation
 from mailsync.protocols import errors, imap
 
-from .ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, own_addresses_for
+from .ingest import (
+    FetchedMessage,
+    IngestResult,
+    ParsePool,
+    attach_copies,
+    flags_from_remaining_copies,
+    ingest_batch,
+    own_addresses_for,
+    upsert_locations,
+)
 from .lock import account_lock, extend_lease
 from .outbox import replay_pending
-from .parsing import parse_message
+from .parsing import message_id_from_header, message_id_key, message_key_from_header, parse_message
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +74,8 @@ FETCH_BATCH = 200
 # Above this many messages to fetch in one go, parsing runs in a process pool next to the writes.
 POOL_THRESHOLD = 400
 DEFAULT_TIME_BUDGET = 25.0
+# UIDs of a folder's stored copies compared with the server when a rename is suspected.
+RENAME_SAMPLE = 20
 # Folders never synced by "all folders" unless the user picks them.
 EXCLUDED_BY_DEFAULT = {MailFolder.Role.JUNK, MailFolder.Role.DRAFTS}
 ROLE_ORDER = {"inbox": 0, "sent": 1, "archive": 2, "all": 3, "": 4, "trash": 5, "drafts": 6, "junk": 7}
@@ -60,7 +86,10 @@ class SyncReport:
     account_id: int
     locked: bool = True
     created: int = 0
+    # Copies of stored messages: fetched and matched, or recognised by Message-ID without a fetch.
     existing: int = 0
+    # New messages stored apart from a different message with the same Message-ID (in `created` too).
+    kept_apart: int = 0
     failed: int = 0
     flag_changes: int = 0
     removed_locations: int = 0
@@ -73,6 +102,7 @@ class SyncReport:
     def absorb(self, result: IngestResult) -> None:
         self.created += result.created
         self.existing += result.existing
+        self.kept_apart += result.kept_apart
         self.failed += result.failed
         self.thread_ids |= result.thread_ids
 
@@ -122,16 +152,15 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
     report.folders = len(folders)
     # The CRM's own changes first (outbox of bulk actions): reading the server before would undo them.
     replay_pending(session, account)
-    touched_messages: set[int] = set()
     for folder in folders:
         if folder.initial_synced_at is not None:
-            touched_messages |= _incremental(account, session, folder, own, report)
+            _incremental(account, session, folder, own, report, deadline, folders=folders)
     for folder in folders:
         if folder.initial_synced_at is None:
             if time.monotonic() >= deadline:
                 report.more_work = True
                 break
-            _initial_window(account, session, folder, own, report, deadline)
+            list_folder(account, session, folder, own, report, deadline=deadline, since=coverage_start(account))
             extend_lease(account.pk)
     initial_pending = any(f.initial_synced_at is None for f in folders)
     if not initial_pending and account.initial_sync_done_at is None:
@@ -139,8 +168,7 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
         EmailAccount.objects.filter(pk=account.pk).update(initial_sync_done_at=account.initial_sync_done_at)
     if not initial_pending and account.past_sync_state in ("queued", "running") and not report.more_work:
         _past_sync(account, session, folders, own, report, deadline)
-    report.deleted_messages += mark_server_deletions(account, touched_messages)
-    refresh_mailboxes(touched_messages)
+    report.deleted_messages += settle_unlocated(account, session, folders, report)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,6 +179,7 @@ def discover_folders(account: EmailAccount, session: imap.ImapSession) -> list[M
     """Upsert the server's folders; return the ones to sync now, inbox first."""
     server_folders = session.list_folders()
     stored = {folder.name: folder for folder in account.folders.all()}
+    _follow_renames(session, stored, server_folders)
     seen = set()
     for item in server_folders:
         seen.add(item.name)
@@ -183,8 +212,8 @@ def discover_folders(account: EmailAccount, session: imap.ImapSession) -> list[M
                 setattr(folder, name, value)
     gone = [folder for name, folder in stored.items() if name not in seen and folder.exists_on_server]
     for folder in gone:
-        # The folder was deleted or renamed on the server: its copies are gone (a rename shows up as
-        # a new folder whose messages are matched again by message key).
+        # Deleted on the server, or renamed in a way _follow_renames could not recognise: its copies
+        # are gone; a new folder's full listing finds its messages again by identity.
         _drop_locations(folder, MessageLocation.objects.filter(folder=folder))
         MailFolder.objects.filter(pk=folder.pk).update(exists_on_server=False, uidvalidity=None, initial_synced_at=None)
     wanted = [
@@ -196,6 +225,56 @@ def discover_folders(account: EmailAccount, session: imap.ImapSession) -> list[M
     ]
     wanted.sort(key=lambda f: (ROLE_ORDER.get(f.role, 4), f.name))
     return wanted
+
+
+def _follow_renames(session: imap.ImapSession, stored: dict[str, MailFolder], server_folders) -> None:
+    """A stored folder that vanished, and a folder that appeared with the same UIDVALIDITY whose UIDs
+    hold the same messages (Message-IDs of up to RENAME_SAMPLE stored copies compared): a rename. The
+    folder row takes the new name, keeping its copies, cursors and the user's choice to sync it."""
+    names = {item.name for item in server_folders}
+    vanished = [f for name, f in stored.items() if name not in names and f.exists_on_server and f.uidvalidity]
+    appeared = [
+        item
+        for item in server_folders
+        if not item.noselect and (item.name not in stored or not stored[item.name].exists_on_server)
+    ]
+    if not vanished or not appeared:
+        return
+    by_validity: dict[int, list[MailFolder]] = {}
+    for folder in vanished:
+        by_validity.setdefault(folder.uidvalidity, []).append(folder)
+    for item in appeared:
+        status = session.folder_status(item.name)
+        candidates = by_validity.get(status.uidvalidity or -1, [])
+        if len(candidates) != 1 or not _holds_same_messages(session, candidates[0], item.name, status):
+            continue  # none, or ambiguous: a new folder plus a vanished one
+        folder = candidates.pop()
+        logger.info("folder %s of account %s was renamed to %s", folder.name, folder.account_id, item.name)
+        previous = stored.pop(item.name, None)
+        if previous is not None:  # a folder of that name that vanished earlier: its copies are gone already
+            previous.delete()
+        del stored[folder.name]
+        MailFolder.objects.filter(pk=folder.pk).update(name=item.name)
+        folder.name = item.name
+        stored[item.name] = folder
+
+
+def _holds_same_messages(session: imap.ImapSession, folder: MailFolder, name: str, status) -> bool:
+    sample = dict(
+        MessageLocation.objects.filter(folder=folder, uidvalidity=folder.uidvalidity)
+        .order_by("-uid")
+        .values_list("uid", "message__message_key")[:RENAME_SAMPLE]
+    )
+    session.select(name, readonly=True)
+    compared = 0
+    for item in session.fetch_identities(list(sample)):
+        key = message_key_from_header(item.raw)
+        if not key:
+            continue
+        if key != sample[item.uid]:
+            return False
+        compared += 1
+    return compared > 0 or (status.uidnext or 0) >= (folder.uidnext or 0)
 
 
 def synced_folder_ids(account: EmailAccount) -> list[int]:
@@ -212,25 +291,31 @@ def synced_folder_ids(account: EmailAccount) -> list[int]:
 
 
 def _incremental(
-    account: EmailAccount, session: imap.ImapSession, folder: MailFolder, own: frozenset[str], report: SyncReport
-) -> set[int]:
-    """Bring one already-synced folder up to date. Returns ids of messages that lost a location."""
+    account: EmailAccount,
+    session: imap.ImapSession,
+    folder: MailFolder,
+    own: frozenset[str],
+    report: SyncReport,
+    deadline: float | None = None,
+    folders: list[MailFolder] = (),
+) -> None:
+    """Bring one folder whose listing is complete up to date. `folders`: every synced folder."""
     status = session.folder_status(folder.name)
     if status.uidvalidity != folder.uidvalidity:
-        return _uidvalidity_reset(account, session, folder, own, report, status)
+        _uidvalidity_reset(account, session, folder, own, report, status, deadline)
+        return
     unchanged = (
         status.uidnext == folder.uidnext
         and status.messages == folder.message_count
         and (status.highestmodseq is None or status.highestmodseq == folder.highestmodseq)
     )
     if unchanged and status.highestmodseq is not None:
-        return set()
+        return
     if unchanged and folder.last_synced_at and timezone.now() - folder.last_synced_at < timedelta(minutes=10):
         # Without CONDSTORE, flag changes are invisible in STATUS: look at flags every 10 minutes.
-        return set()
+        return
 
     selected = session.select(folder.name, readonly=True)
-    lost: set[int] = set()
     # New mail: every UID at or above the stored UIDNEXT, whatever its date.
     start = folder.uidnext or 1
     new_uids = session.search_uids_from(start) if (selected.uidnext or 0) > start else []
@@ -243,12 +328,12 @@ def _incremental(
         vanished = list(changes.vanished)
         if not session.qresync_enabled and status.messages < folder.message_count + len(new_uids):
             vanished = _vanished_by_diff(session, folder)
-        lost |= _drop_locations(folder, _locations(folder, vanished))
+        _drop_locations(folder, _locations(folder, vanished))
     elif not session.condstore_enabled or not folder.highestmodseq:
         stored_uids = list(_locations(folder).values_list("uid", flat=True))
         current = session.fetch_flags(stored_uids)
         report.flag_changes += apply_flag_changes(folder, current)
-        lost |= _drop_locations(folder, _locations(folder, [uid for uid in stored_uids if uid not in current]))
+        _drop_locations(folder, _locations(folder, [uid for uid in stored_uids if uid not in current]))
 
     def advance(result: IngestResult | None = None, *, final: bool = True) -> None:
         if final:
@@ -259,15 +344,20 @@ def _incremental(
                 last_synced_at=timezone.now(),
             )
 
-    if new_uids:
-        _fetch_and_ingest(
-            account, session, folder, new_uids, own, report, uidvalidity=folder.uidvalidity, on_done=advance
-        )
-    else:
-        with transaction.atomic():
-            advance()
+    elsewhere = [f for f in folders if f.pk != folder.pk and f.initial_synced_at is not None and f.uidvalidity]
+    take_in_uids(
+        account,
+        session,
+        folder,
+        new_uids,
+        own,
+        report,
+        uidvalidity=folder.uidvalidity,
+        on_done=advance,
+        elsewhere=elsewhere,
+        window_start=coverage_start(account),
+    )
     folder.uidnext, folder.highestmodseq, folder.message_count = new_uidnext, selected.highestmodseq, selected.exists
-    return lost
 
 
 def _vanished_by_diff(session: imap.ImapSession, folder: MailFolder) -> list[int]:
@@ -275,24 +365,22 @@ def _vanished_by_diff(session: imap.ImapSession, folder: MailFolder) -> list[int
     return [uid for uid in _locations(folder).values_list("uid", flat=True) if uid not in on_server]
 
 
-def _uidvalidity_reset(account, session, folder, own, report, status) -> set[int]:
-    """RFC 3501 2.3.1.1: the folder's UIDs are void. Drop its locations and fetch it again; the
-    messages themselves are matched by message key, so none is duplicated or lost."""
+def _uidvalidity_reset(account, session, folder, own, report, status, deadline) -> None:
+    """RFC 3501 2.3.1.1: the folder's UIDs are void. Its copies are dropped (their messages become
+    unlocated, not deleted) and the folder is listed again in full, matched by identity."""
     logger.warning(
-        "UIDVALIDITY of %s/%s changed (%s -> %s): resyncing the folder",
+        "UIDVALIDITY of %s/%s changed (%s -> %s): listing the folder again",
         account.pk,
         folder.name,
         folder.uidvalidity,
         status.uidvalidity,
     )
-    lost = _drop_locations(folder, MessageLocation.objects.filter(folder=folder))
+    _drop_locations(folder, MessageLocation.objects.filter(folder=folder))
     MailFolder.objects.filter(pk=folder.pk).update(
         uidvalidity=None, uidnext=None, highestmodseq=None, initial_synced_at=None, message_count=0
     )
     folder.uidvalidity = folder.uidnext = folder.highestmodseq = folder.initial_synced_at = None
-    # Fetch the same window the account covers: the initial days, or the past-email period if longer.
-    _initial_window(account, session, folder, own, report, deadline=None, since=coverage_start(account))
-    return lost
+    list_folder(account, session, folder, own, report, deadline=deadline, since=coverage_start(account))
 
 
 def coverage_start(account: EmailAccount):
@@ -338,44 +426,81 @@ def _locations(folder: MailFolder, uids: list[int] | None = None):
 
 
 def _drop_locations(folder: MailFolder, locations) -> set[int]:
-    message_ids = set(locations.values_list("message_id", flat=True))
-    if message_ids:
-        locations.delete()
+    """Delete server copies; a message left without any becomes unlocated (settle_unlocated decides)."""
+    with transaction.atomic():
+        message_ids = set(locations.values_list("message_id", flat=True))
+        if message_ids:
+            locations.delete()
+            EmailMessage.objects.filter(pk__in=message_ids, unlocated_since__isnull=True).exclude(
+                pk__in=MessageLocation.objects.filter(message_id__in=message_ids).values("message_id")
+            ).update(unlocated_since=timezone.now())
+            flags_from_remaining_copies(message_ids)
     refresh_mailboxes(message_ids)
     return message_ids
 
 
-def mark_server_deletions(account: EmailAccount, message_ids: set[int]) -> int:
-    """Messages that lost their last location in a synced folder are gone from the server."""
-    if not message_ids:
-        return 0
-    gone = (
-        EmailMessage.objects.filter(account=account, pk__in=message_ids, deleted_at__isnull=True)
-        .exclude(pk__in=MessageLocation.objects.filter(message_id__in=message_ids).values("message_id"))
-        .values_list("pk", flat=True)
+def settle_unlocated(
+    account: EmailAccount, session: imap.ImapSession, folders: list[MailFolder], report: SyncReport
+) -> int:
+    """THE deletion rule. Unlocated messages that have a copy again are located; those that still have
+    none are marked deleted on the server, but only when every synced folder's listing is complete
+    and no folder received mail since this run looked at it (the message may be on its way into one).
+    Returns how many were marked deleted."""
+    unlocated = list(
+        EmailMessage.objects.filter(account=account, unlocated_since__isnull=False).values_list("pk", flat=True)
     )
-    return EmailMessage.objects.filter(pk__in=list(gone)).update(deleted_at=timezone.now(), deletion_source="server")
+    if not unlocated:
+        return 0
+    located = set(MessageLocation.objects.filter(message_id__in=unlocated).values_list("message_id", flat=True))
+    if located:
+        EmailMessage.objects.filter(pk__in=located).update(unlocated_since=None)
+    missing = [pk for pk in unlocated if pk not in located]
+    if not missing or any(folder.initial_synced_at is None for folder in folders):
+        return 0
+    for folder in folders:
+        status = session.folder_status(folder.name)
+        if (status.uidvalidity, status.uidnext) != (folder.uidvalidity, folder.uidnext):
+            report.more_work = True  # look again at once, before deciding anything
+            return 0
+    with transaction.atomic():
+        gone = EmailMessage.objects.filter(pk__in=missing).exclude(
+            pk__in=MessageLocation.objects.filter(message_id__in=missing).values("message_id")
+        )
+        deleted = gone.filter(deleted_at__isnull=True).update(
+            deleted_at=timezone.now(), deletion_source="server", unlocated_since=None
+        )
+        gone.update(unlocated_since=None)  # deleted in the CRM already: stays so
+    refresh_mailboxes(missing)
+    return deleted
 
 
 # --------------------------------------------------------------------------------------------------
 # Windowed work: initial sync and past-email sync
 
 
-def _initial_window(account, session, folder, own, report, deadline, since=None) -> None:
-    """Fetch the folder's last N days, newest first. Done when every UID of the window is stored."""
-    since = since or (timezone.now() - timedelta(days=account.initial_sync_days)).date()
+def list_folder(account, session, folder, own, report, *, deadline, since) -> bool:
+    """The full listing of a folder (new, reset, renamed, or unfinished): every UID, matched to stored
+    messages by identity; messages never stored are fetched when they arrived on or after `since`.
+    Complete (True, initial_synced_at set) when every UID has been looked at; crash-safe and
+    idempotent: a run that stops half-way leaves copies that the next one keeps."""
     selected = session.select(folder.name, readonly=True)
     uidvalidity = selected.uidvalidity
-    # Locations under another UIDVALIDITY (changed between two runs of an unfinished initial sync)
-    # are void; their messages are matched again by message key below.
+    # Copies under another UIDVALIDITY (changed between two runs of an unfinished listing) are void.
     _drop_locations(folder, MessageLocation.objects.filter(folder=folder).exclude(uidvalidity=uidvalidity))
-    stored = set(MessageLocation.objects.filter(folder=folder, uidvalidity=uidvalidity).values_list("uid", flat=True))
-    wanted = [uid for uid in reversed(session.search_uids_since(since)) if uid not in stored]
-    if deadline is not None and time.monotonic() >= deadline and wanted:
-        report.more_work = True
-        return
+    on_server = session.search_all_uids()
+    present = set(on_server)
+    known = set(MessageLocation.objects.filter(folder=folder, uidvalidity=uidvalidity).values_list("uid", flat=True))
+    expunged = [uid for uid in known if uid not in present]
+    if expunged:
+        _drop_locations(
+            folder, MessageLocation.objects.filter(folder=folder, uidvalidity=uidvalidity, uid__in=expunged)
+        )
+    unknown = [uid for uid in reversed(on_server) if uid not in known]  # newest first
+    in_window = set(session.search_uids_since(since)) if unknown else set()
 
-    def finish() -> None:
+    def finish(result=None, final=True) -> None:
+        if not final:
+            return
         now = timezone.now()
         MailFolder.objects.filter(pk=folder.pk).update(
             uidvalidity=uidvalidity,
@@ -388,22 +513,179 @@ def _initial_window(account, session, folder, own, report, deadline, since=None)
         folder.uidvalidity, folder.uidnext, folder.highestmodseq = uidvalidity, selected.uidnext, selected.highestmodseq
         folder.message_count, folder.initial_synced_at = selected.exists, now
 
-    complete = _fetch_and_ingest(
+    complete = take_in_uids(
         account,
         session,
         folder,
-        wanted,
+        unknown,
         own,
         report,
         uidvalidity=uidvalidity,
         deadline=deadline,
-        on_done=lambda result=None, final=True: finish() if final else None,
+        on_done=finish,
+        fetch_only=in_window,
     )
-    if not wanted:
-        with transaction.atomic():
-            finish()
-    elif not complete:
+    if not complete:
         report.more_work = True
+    return complete
+
+
+def take_in_uids(
+    account,
+    session,
+    folder,
+    uids,
+    own,
+    report,
+    *,
+    uidvalidity,
+    on_done,
+    deadline=None,
+    fetch_only=None,
+    elsewhere=None,
+    window_start=None,
+) -> bool:
+    """Record server UIDs (no location yet) as copies of stored messages or as new messages.
+
+    The Message-ID field of each UID comes first (cheap); a UID it shows to be a copy of a stored
+    message is recorded without a fetch (match_by_message_id). The others are fetched and ingested,
+    except, when `fetch_only` is given, never-stored ones outside it (the date window).
+    A new message older than `window_start` may have copies that listings of this folder or of the
+    `elsewhere` folders passed over (old mail is not fetched): they are searched for by Message-ID and
+    recorded in the same transaction as the message, so no copy of a stored message goes unrecorded.
+    on_done(result, final=True) runs in the transaction of the last write (cursors advance there)."""
+    if uids:
+        known = set(
+            MessageLocation.objects.filter(folder=folder, uidvalidity=uidvalidity, uid__in=uids).values_list(
+                "uid", flat=True
+            )
+        )
+        uids = [uid for uid in uids if uid not in known]
+    other_copies: dict[str, list[tuple[MailFolder, int, tuple[str, ...]]]] = {}
+    # New mail of the incremental pass always (its old copies elsewhere are looked for); a listing only
+    # when some stored message could be among its UIDs.
+    if uids and (elsewhere is not None or EmailMessage.objects.filter(account=account).exists()):
+        found, unsure, newcomers = match_by_message_id(account, session, folder, uidvalidity, uids)
+        report.existing += len(found)
+        uids = [uid for uid in uids if uid not in found and (fetch_only is None or uid in fetch_only or uid in unsure)]
+        fetching = set(uids)
+        old_ones = {
+            key: message_id
+            for uid, (key, message_id, arrived) in newcomers.items()
+            if uid in fetching and window_start is not None and arrived is not None and arrived.date() < window_start
+        }
+        if old_ones and elsewhere is not None:
+            # This folder too: an older copy here may have been passed over by its listing.
+            other_copies = _copies_elsewhere(session, [*elsewhere, folder], old_ones, skip={folder.pk: fetching})
+            session.select(folder.name, readonly=True)
+    elif fetch_only is not None:
+        uids = [uid for uid in uids if uid in fetch_only]
+    if not uids:
+        with transaction.atomic():
+            on_done(None, final=True)
+        return True
+    if deadline is not None and time.monotonic() >= deadline:
+        return False
+
+    def record_other_copies(result: IngestResult) -> None:
+        if not other_copies or not result.created_ids:
+            return
+        for pk, key in EmailMessage.objects.filter(
+            pk__in=result.created_ids, message_key__in=list(other_copies)
+        ).values_list("pk", "message_key"):
+            for other, uid, flags in other_copies[key]:
+                upsert_locations(other, other.uidvalidity, {uid: (pk, " ".join(sorted(flags))[:500])})
+
+    return _fetch_and_ingest(
+        account,
+        session,
+        folder,
+        uids,
+        own,
+        report,
+        uidvalidity=uidvalidity,
+        deadline=deadline,
+        on_done=on_done,
+        on_batch=record_other_copies if other_copies else None,
+    )
+
+
+def _copies_elsewhere(session, folders, message_ids_by_key: dict[str, str], *, skip: dict[int, set[int]]):
+    """key -> [(folder, uid, flags)] of the UIDs of `folders` (listings complete) that hold messages with
+    these Message-IDs and no location yet (nor in `skip`: folder pk -> UIDs). Leaves another folder selected."""
+    found: dict[str, list[tuple[MailFolder, int, tuple[str, ...]]]] = {}
+    for other in folders:
+        selected = session.select(other.name, readonly=True)
+        if selected.uidvalidity != other.uidvalidity:
+            continue  # reset since: its next listing matches everything by identity anyway
+        uids = session.search_message_ids(list(message_ids_by_key.values()))
+        known = set(
+            MessageLocation.objects.filter(folder=other, uidvalidity=other.uidvalidity, uid__in=uids).values_list(
+                "uid", flat=True
+            )
+        )
+        known |= skip.get(other.pk, set())
+        for item in session.fetch_identities([uid for uid in uids if uid not in known]):
+            key = message_key_from_header(item.raw)
+            if key in message_ids_by_key:
+                found.setdefault(key, []).append((other, item.uid, item.flags))
+    return found
+
+
+def match_by_message_id(account, session, folder, uidvalidity, uids) -> tuple[set[int], set[int]]:
+    """Which of `uids` (no location yet) are copies of stored messages, from their Message-ID field.
+
+    A UID is such a copy when exactly one stored message has its Message-ID, that message has no copy
+    in this folder yet, and it either has a copy in another folder (a copy or a move: the account's
+    rule for one Message-ID in two folders) or the same size (a folder reset, a move of a message
+    whose last copy just went). Those get their location, flags and restored visibility here, in
+    batches. Returns (UIDs recorded, UIDs to fetch and match by content: shared or missing Message-ID,
+    uid -> (key, Message-ID, INTERNALDATE) of the UIDs whose Message-ID no stored message has)."""
+    found: set[int] = set()
+    unsure: set[int] = set()
+    newcomers: dict[int, tuple[str, str, object]] = {}
+    idless_stored: bool | None = None
+    for start in range(0, len(uids), imap.MAX_UIDS_PER_COMMAND):
+        chunk = uids[start : start + imap.MAX_UIDS_PER_COMMAND]
+        items = list(session.fetch_identities(chunk))
+        ids = {item.uid: message_id_from_header(item.raw) for item in items}
+        keys = {uid: message_id_key(message_id) if message_id else "" for uid, message_id in ids.items()}
+        candidates: dict[str, list[tuple[int, int]]] = {}
+        for pk, key, size in EmailMessage.objects.filter(
+            account=account, message_key__in=set(keys.values()) - {""}
+        ).values_list("pk", "message_key", "size"):
+            candidates.setdefault(key, []).append((pk, size))
+        pks = [pk for group in candidates.values() for pk, _size in group]
+        folders_of: dict[int, set[int]] = {}
+        for message_id, folder_id in (
+            MessageLocation.objects.filter(message_id__in=pks).values_list("message_id", "folder_id").distinct()
+        ):
+            folders_of.setdefault(message_id, set()).add(folder_id)
+        copies: dict[int, tuple[int, tuple[str, ...]]] = {}
+        for item in items:
+            key = keys[item.uid]
+            if not key:
+                if idless_stored is None:
+                    idless_stored = EmailMessage.objects.filter(account=account, message_id="").exists()
+                if idless_stored:
+                    unsure.add(item.uid)
+                continue
+            group = candidates.get(key)
+            if not group:
+                newcomers[item.uid] = (key, ids[item.uid], item.internaldate)
+                continue  # never stored
+            if len(group) == 1:
+                pk, size = group[0]
+                elsewhere = folders_of.get(pk, set())
+                if folder.pk not in elsewhere and (elsewhere or size == item.size):
+                    copies[item.uid] = (pk, item.flags)
+                    folders_of.setdefault(pk, set()).add(folder.pk)
+                    continue
+            unsure.add(item.uid)
+        if copies:
+            attach_copies(account, folder, uidvalidity, copies)
+            found |= set(copies)
+    return found, unsure, newcomers
 
 
 def request_past_sync(account: EmailAccount, *, months: int, only_contacts: bool) -> None:

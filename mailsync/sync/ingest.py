@@ -10,9 +10,14 @@ Steps of a batch:
    so a retry after a crash rewrites the same files instead of leaving orphans behind.
 3. One short transaction, under a per-owner advisory lock (so two workers, or two accounts of one
    owner, never thread or insert the same mail twice):
-   - messages already stored (unique (account, message_key)) only get their location (folder,
-     uidvalidity, uid) added or refreshed and their flags updated: one mail in two folders is one
-     EmailMessage with two MessageLocations;
+   - each item is matched to a stored message by identity (`match_identities`, below): the same
+     Message-ID key and the same content fingerprint (parsing.content_fingerprint: line endings and
+     trace headers such as Received do not count), or the same Message-ID in another folder of the
+     account (a copy or a move, which servers may re-stamp). A match only gets its location (folder,
+     uidvalidity, uid) added or refreshed and its flags updated: one mail in two folders is one
+     EmailMessage with two MessageLocations. A different message that reuses a Message-ID is stored
+     apart (unique (account, message_key, content_hash)) and counted in `kept_apart`; it may share
+     the thread of the other one;
    - new messages are threaded (threads.assign_threads) and inserted in bulk (COPY), with their
      participants (every one: large recipient lists are kept, S7), attachments and locations;
    - thread counters are refreshed, the caller's `before_commit(result)` runs (the sync engine
@@ -25,13 +30,20 @@ code path inserted the same mail without the lock), the transaction is retried a
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
-import multiprocessing
 import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
@@ -55,6 +67,7 @@ from mailsync.models import (
     MessageParticipant,
 )
 
+from . import parse_worker
 from .parsing import SENT, ParsedEmail, parse_many, parse_message
 from .threads import assign_threads, insert_rows, refresh_thread_stats
 
@@ -84,7 +97,10 @@ class FetchedMessage:
 @dataclass
 class IngestResult:
     created: int = 0
+    # Copies of messages already stored (the same message again, in this or another folder or file).
     existing: int = 0
+    # New messages whose Message-ID another, different message already uses. Counted in `created` too.
+    kept_apart: int = 0
     # Stored, but with parse_error (raw bytes kept). Counted in `created` too.
     failed: int = 0
     locations_added: int = 0
@@ -97,6 +113,7 @@ class IngestResult:
     def add(self, other: IngestResult) -> None:
         self.created += other.created
         self.existing += other.existing
+        self.kept_apart += other.kept_apart
         self.failed += other.failed
         self.locations_added += other.locations_added
         self.message_ids.extend(other.message_ids)
@@ -149,36 +166,150 @@ def parse_items(items: Sequence[FetchedMessage], own_addresses: frozenset[str]) 
 class ParsePool:
     """Parses batches in worker processes, so the caller can fetch or write the previous batch meanwhile.
 
-    Parsing is pure CPU work (mailsync.parsing imports no Django), so workers come from a forkserver:
-    no database connection, lock or thread of the parent is inherited.
-
         with ParsePool() as pool:
             pending = pool.submit(raws_1, own)
             ...                                   # fetch the next batch
             ingest_batch(account, folder, items_1, uidvalidity=uv, parsed=pending.result())
+
+    Each worker is a plain child process (mailsync.sync.parse_worker: parsing imports no Django, so it
+    inherits no database connection, lock or thread) fed by one thread of this process over its
+    stdin / stdout pipes. Nothing else holds those pipes, so a worker cannot outlive this process:
+    when it dies, even by kill -9, the worker gets SIGKILL from the kernel (PR_SET_PDEATHSIG) and
+    EOF on stdin. No forkserver, no resource tracker, no queue a lost parent would leave it waiting on.
+    A worker that dies (out of memory, say) is not replaced: its thread parses the rest itself.
     """
 
     def __init__(self, workers: int | None = None, chunk_size: int = 50):
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mailsync.sync.parsing"])
         self.chunk_size = chunk_size
         # Default: one core is left to the writing process (and PostgreSQL, often on the same machine);
         # on 2 cores one parser already outpaces the database writes.
-        workers = workers or max(1, (os.cpu_count() or 2) - 1)
-        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        count = workers or max(1, (os.cpu_count() or 2) - 1)
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = [_ParseWorker(self._jobs) for _ in range(count)]
 
     def submit(self, raws: Sequence[bytes], own_addresses: frozenset[str]) -> PendingParse:
-        chunks = [list(raws[start : start + self.chunk_size]) for start in range(0, len(raws), self.chunk_size)]
-        return PendingParse([self._executor.submit(parse_many, chunk, own_addresses) for chunk in chunks])
+        futures = []
+        for start in range(0, len(raws), self.chunk_size):
+            future: Future = Future()
+            self._jobs.put((list(raws[start : start + self.chunk_size]), own_addresses, future))
+            futures.append(future)
+        return PendingParse(futures)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for _worker in self._workers:
+            self._jobs.put(None)
+        for worker in self._workers:
+            worker.join()
 
     def __enter__(self) -> ParsePool:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _ParseWorker:
+    """One worker process, a thread that sends it jobs (raws, own addresses, future) and one that reads
+    its answers. Up to IN_FLIGHT requests wait in its input pipe, so it never idles between chunks."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, jobs: queue.SimpleQueue):
+        self._jobs = jobs
+        self._pending: collections.deque = collections.deque()  # sent, answer not read yet
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(self.IN_FLIGHT)
+        self._broken = False
+        self.process: subprocess.Popen | None = None
+        self._sender = threading.Thread(target=self._send, daemon=True, name="parse-sender")
+        self._sender.start()
+
+    def join(self) -> None:
+        self._sender.join()
+
+    def _send(self) -> None:
+        # Started from this thread: PR_SET_PDEATHSIG follows the thread that started a process, and
+        # this one lives exactly as long as the pool needs the worker.
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailsync.sync.parse_worker", str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                cwd=_PROJECT_ROOT,
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [_PROJECT_ROOT, os.environ.get("PYTHONPATH")])),
+                },
+            )
+        except OSError:
+            logger.warning("could not start a parse worker; parsing in this process", exc_info=True)
+            self._broken = True
+        receiver = threading.Thread(target=self._receive, daemon=True, name="parse-receiver")
+        if self.process is not None:
+            receiver.start()
+        try:
+            while True:
+                self._slots.acquire()
+                job = self._jobs.get()
+                if job is None:
+                    break
+                raws, own, future = job
+                if not future.set_running_or_notify_cancel():
+                    self._slots.release()
+                    continue
+                with self._lock:
+                    inline = self._broken
+                    if not inline:
+                        self._pending.append(job)
+                if inline:
+                    future.set_result(parse_many(raws, own))
+                    self._slots.release()
+                    continue
+                # A worker that is gone makes this fail: the receiver then sees EOF and parses what is pending.
+                with contextlib.suppress(OSError, ValueError):
+                    parse_worker.write_frame(
+                        self.process.stdin, pickle.dumps((raws, own), protocol=pickle.HIGHEST_PROTOCOL)
+                    )
+        finally:
+            if self.process is not None:
+                with contextlib.suppress(OSError):
+                    self.process.stdin.close()  # EOF: the worker answers what it has, then exits
+                receiver.join()
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+                with contextlib.suppress(OSError):
+                    self.process.stdout.close()
+                self.process = None
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                answer = parse_worker.read_frame(self.process.stdout)
+            except (OSError, ValueError):
+                answer = None
+            if answer is None:
+                break
+            _raws, _own, future = self._pending.popleft()
+            try:
+                future.set_result(pickle.loads(answer))  # noqa: S301 (our own child process, over a private pipe)
+            except Exception as exc:
+                future.set_exception(exc)
+            self._slots.release()
+        with self._lock:
+            self._broken = True
+            left = list(self._pending)
+            self._pending.clear()
+        if left:
+            logger.warning("parse worker stopped (exit code %s); parsing in this process", self.process.poll())
+        for raws, own, future in left:
+            future.set_result(parse_many(raws, own))
+            self._slots.release()
+
+
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 class PendingParse:
@@ -239,13 +370,16 @@ def ingest_batch(
         return IngestResult()
 
     keys = {item.message_key for item in parsed}
-    stored_before = set(
-        EmailMessage.objects.filter(account=account, message_key__in=keys).values_list("message_key", flat=True)
-    )
+    stored_before = {
+        identity_of(key, content_hash)
+        for key, content_hash in EmailMessage.objects.filter(account=account, message_key__in=keys).values_list(
+            "message_key", "content_hash"
+        )
+    }
     files = _FileWriter(account)
     for item, parsed_item in zip(fetched, parsed, strict=True):
         if parsed_item.parse_error:
-            files.remember_raw(parsed_item.message_key, item.raw)
+            files.remember_raw(identity_of(parsed_item.message_key, parsed_item.content_hash), item.raw)
     files.write_new(parsed, skip=stored_before)
 
     for attempt in range(1, INSERT_ATTEMPTS + 1):
@@ -256,6 +390,30 @@ def ingest_batch(
                 raise
             logger.warning("ingest of %s message(s) for account %s conflicted; retrying", len(fetched), account.pk)
     raise AssertionError("unreachable")
+
+
+def attach_copies(
+    account: EmailAccount,
+    folder: MailFolder,
+    uidvalidity: int,
+    copies: dict[int, tuple[int, tuple[str, ...]]],
+) -> set[int]:
+    """Record server UIDs found to be copies of stored messages without fetching them (the sync engine
+    matched them by Message-ID): uid -> (message pk, server flags). The message keeps its thread, links
+    and visibility; its flags follow the server; one deleted because it had left the server comes back."""
+    wanted = {uid: (pk, " ".join(sorted(_flag_set(flags)))[:500]) for uid, (pk, flags) in copies.items()}
+    pks = {pk for pk, _flags in copies.values()}
+    with transaction.atomic():
+        lock_owner_mail(account.user_id)
+        upsert_locations(folder, uidvalidity, wanted)
+        stored = {
+            row[0]: row[1:]
+            for row in EmailMessage.objects.filter(pk__in=pks).values_list("pk", "is_read", "is_flagged", "is_draft")
+        }
+        update_message_flags([(pk, flags) for pk, flags in copies.values()], stored)
+        EmailMessage.objects.filter(pk__in=pks, deletion_source="server").update(deleted_at=None, deletion_source="")
+        refresh_mailboxes(pks)
+    return pks
 
 
 # --- the transaction ------------------------------------------------------------------------------
@@ -294,19 +452,8 @@ def _write_batch(
     result = IngestResult()
     with transaction.atomic():
         lock_owner_mail(account.user_id)
-        keys = [item.message_key for item in parsed]
-        stored = {
-            row[0]: row[1:]
-            for row in EmailMessage.objects.filter(account=account, message_key__in=set(keys)).values_list(
-                "message_key", "pk", "is_read", "is_flagged", "is_draft"
-            )
-        }
-        new_positions: list[int] = []
-        claimed: set[str] = set()
-        for position, key in enumerate(keys):
-            if key not in stored and key not in claimed:
-                claimed.add(key)
-                new_positions.append(position)
+        match = match_identities(account, folder, uidvalidity, fetched, parsed)
+        new_positions = match.new_positions
 
         dates = [_message_date(parsed[p], fetched[p], now) for p in new_positions]
         assignment = assign_threads(
@@ -325,21 +472,28 @@ def _write_batch(
         if rows:
             _compress_bodies_with_lz4()
         created_ids = insert_rows(EmailMessage, MESSAGE_COLUMNS, rows, return_ids=True)
-
-        pk_by_key = {key: row[0] for key, row in stored.items()}
-        pk_by_key.update((keys[p], pk) for p, pk in zip(new_positions, created_ids, strict=True))
+        for position, pk in zip(new_positions, created_ids, strict=True):
+            match.claim(position, pk)
+        message_pks = match.message_pks()
         new_parsed = [parsed[p] for p in new_positions]
         _insert_children(created_ids, new_parsed, files)
+        if match.backfill:
+            EmailMessage.objects.bulk_update(
+                [EmailMessage(pk=pk, content_hash=value) for pk, value in match.backfill.items()], ["content_hash"]
+            )
 
         if folder is not None:
-            result.locations_added = _upsert_locations(folder, uidvalidity, fetched, keys, pk_by_key)
-            _update_flags(fetched, keys, stored)
+            result.locations_added = _upsert_locations(
+                folder, uidvalidity, fetched, message_pks, set(message_pks) - set(created_ids)
+            )
+            _update_flags(fetched, message_pks, match.stored_flags)
 
         refresh_thread_stats(assignment.touched)
         result.created = len(created_ids)
+        result.kept_apart = match.kept_apart
         result.failed = sum(1 for item in new_parsed if item.parse_error)
         result.existing = len(fetched) - len(created_ids)
-        result.message_ids = [pk_by_key[key] for key in keys]
+        result.message_ids = message_pks
         result.created_ids = created_ids
         result.thread_ids = set(assignment.touched)
         if before_commit is not None:
@@ -351,6 +505,130 @@ def _write_batch(
         if item.parse_error:
             logger.info("message %s of account %s kept raw: %s", pk, account.pk, item.parse_error)
     return result
+
+
+def identity_of(message_key: str, content_hash: str) -> str:
+    """One string for a message's identity (file names of its attachments and raw bytes derive from it)."""
+    return f"{message_key}-{content_hash[:16]}" if content_hash else message_key
+
+
+@dataclass
+class _Stored:
+    pk: int
+    content_hash: str
+    folders: set[int]  # folders (any UIDVALIDITY) that hold a copy
+
+
+@dataclass
+class IdentityMatch:
+    """Which stored message each item of a batch is; positions of the items that are new messages."""
+
+    pks: list[int | None]
+    new_positions: list[int]
+    kept_apart: int
+    # pk -> content_hash to record on a message stored before fingerprints existed.
+    backfill: dict[int, str]
+    # pk -> (is_read, is_flagged, is_draft) of the matched stored messages.
+    stored_flags: dict[int, tuple[bool, bool, bool]]
+    # new position -> the position of the first item of the batch that is the same new message.
+    same_as: dict[int, int]
+
+    def claim(self, position: int, pk: int) -> None:
+        self.pks[position] = pk
+
+    def message_pks(self) -> list[int]:
+        pks = list(self.pks)
+        for position, first in self.same_as.items():
+            pks[position] = pks[first]
+        return pks  # type: ignore[return-value]
+
+
+def match_identities(
+    account: EmailAccount,
+    folder: MailFolder | None,
+    uidvalidity: int | None,
+    fetched: Sequence[FetchedMessage],
+    parsed: Sequence[ParsedEmail],
+) -> IdentityMatch:
+    """THE identity rule of ingestion (call under the owner's ingest lock). For each item, in order:
+    1. a location (folder, uidvalidity, uid) already recorded: that message (a UID fetched again);
+    2. a stored message with the same Message-ID key and the same content fingerprint: a copy;
+    3. one with the same key stored before fingerprints existed (content_hash ""): taken, and its
+       fingerprint recorded;
+    4. synced from a folder: one with the same key that has a copy in another folder and none in this
+       one: a copy or a move (servers may add headers to a copy);
+    5. else a new message; if the key is taken by another message, it is kept apart (counted).
+    Items of the batch are matched to each other the same way."""
+    keys = {item.message_key for item in parsed}
+    candidates: dict[str, list[_Stored]] = {}
+    flags: dict[int, tuple[bool, bool, bool]] = {}
+    for pk, key, content_hash, is_read, is_flagged, is_draft in EmailMessage.objects.filter(
+        account=account, message_key__in=keys
+    ).values_list("pk", "message_key", "content_hash", "is_read", "is_flagged", "is_draft"):
+        candidates.setdefault(key, []).append(_Stored(pk, content_hash, set()))
+        flags[pk] = (is_read, is_flagged, is_draft)
+    by_uid: dict[int, int] = {}
+    if flags:
+        by_pk = {stored.pk: stored for group in candidates.values() for stored in group}
+        for message_id, folder_id in (
+            MessageLocation.objects.filter(message_id__in=list(by_pk)).values_list("message_id", "folder_id").distinct()
+        ):
+            by_pk[message_id].folders.add(folder_id)
+    if folder is not None:
+        uids = [item.uid for item in fetched]
+        by_uid = dict(
+            MessageLocation.objects.filter(folder=folder, uidvalidity=uidvalidity, uid__in=uids).values_list(
+                "uid", "message_id"
+            )
+        )
+    pks: list[int | None] = []
+    new_positions: list[int] = []
+    same_as: dict[int, int] = {}
+    new_by_identity: dict[tuple[str, str], int] = {}
+    new_keys: set[str] = set()
+    kept_apart = 0
+    backfill: dict[int, str] = {}
+    here = folder.pk if folder is not None else None
+    for position, (item, parsed_item) in enumerate(zip(fetched, parsed, strict=True)):
+        key, content_hash = parsed_item.message_key, parsed_item.content_hash
+        group = candidates.get(key, [])
+        found = by_uid.get(item.uid) if here is not None else None
+        if found is None:
+            found = next((stored.pk for stored in group if stored.content_hash == content_hash), None)
+        if found is None:
+            legacy = next((stored for stored in group if not stored.content_hash), None)
+            if legacy is not None:
+                legacy.content_hash = content_hash
+                backfill[legacy.pk] = content_hash
+                found = legacy.pk
+        if found is None and here is not None:
+            found = next((stored.pk for stored in group if stored.folders and here not in stored.folders), None)
+        if found is None and (key, content_hash) in new_by_identity:
+            first = new_by_identity[(key, content_hash)]
+            same_as[position] = first
+            pks.append(None)
+            continue
+        if found is None:
+            if group or key in new_keys:
+                kept_apart += 1
+            new_by_identity[(key, content_hash)] = position
+            new_keys.add(key)
+            new_positions.append(position)
+            pks.append(None)
+            continue
+        pks.append(found)
+        if here is not None:
+            for stored in group:
+                if stored.pk == found:
+                    stored.folders.add(here)
+    return IdentityMatch(
+        pks=pks,
+        new_positions=new_positions,
+        kept_apart=kept_apart,
+        backfill=backfill,
+        stored_flags=flags,
+        same_as=same_as,
+    )
 
 
 def _message_date(parsed: ParsedEmail, item: FetchedMessage, now: datetime) -> datetime:
@@ -376,6 +654,7 @@ MESSAGE_COLUMNS = (
     "account_id",
     "thread_id",
     "message_key",
+    "content_hash",
     "message_id",
     "in_reply_to",
     "references",
@@ -424,6 +703,7 @@ def _message_row(
         account.pk,
         thread_id,
         parsed.message_key,
+        parsed.content_hash,
         parsed.message_id[:998],
         parsed.in_reply_to[:998],
         " ".join(parsed.references),
@@ -444,7 +724,7 @@ def _message_row(
         "\\flagged" in flags,
         "\\draft" in flags,
         parsed.parse_error,
-        files.raw_names.get(parsed.message_key, ""),
+        files.raw_names.get(identity_of(parsed.message_key, parsed.content_hash), ""),
         now,
         mailbox,
     )
@@ -457,7 +737,7 @@ def _insert_children(message_ids: list[int], parsed: list[ParsedEmail], files: _
         participants.extend(
             (message_id, role, address[:320], name[:300]) for role, name, address in item.participants()
         )
-        stored_names = files.attachment_names.get(item.message_key, [])
+        stored_names = files.attachment_names.get(identity_of(item.message_key, item.content_hash), [])
         attachments.extend(
             (
                 message_id,
@@ -482,14 +762,25 @@ def _upsert_locations(
     folder: MailFolder,
     uidvalidity: int | None,
     fetched: list[FetchedMessage],
-    keys: list[str],
-    pk_by_key: dict[str, int],
+    message_pks: list[int],
+    stored_pks: set[int],
 ) -> int:
     """Record (folder, uidvalidity, uid) -> message; refresh flags and message of known locations.
     Returns how many locations are new."""
     wanted: dict[int, tuple[int, str]] = {}
-    for item, key in zip(fetched, keys, strict=True):
-        wanted[item.uid] = (pk_by_key[key], " ".join(sorted(_flag_set(item.flags)))[:500])
+    for item, pk in zip(fetched, message_pks, strict=True):
+        wanted[item.uid] = (pk, " ".join(sorted(_flag_set(item.flags)))[:500])
+    return upsert_locations(folder, uidvalidity, wanted, stored_pks)
+
+
+def upsert_locations(
+    folder: MailFolder,
+    uidvalidity: int | None,
+    wanted: dict[int, tuple[int, str]],
+    stored_pks: Iterable[int] | None = None,
+) -> int:
+    """uid -> (message pk, flags text) into MessageLocation; returns how many locations are new. A stored
+    message (`stored_pks`, default: all) that gets a copy is no longer unlocated (EmailMessage.unlocated_since)."""
     known = {
         uid: (pk, message_id, flags)
         for pk, uid, message_id, flags in MessageLocation.objects.filter(
@@ -509,21 +800,55 @@ def _upsert_locations(
     ]
     if changed:
         MessageLocation.objects.bulk_update(changed, ["message", "flags"], batch_size=500)
+    located = {message_id for message_id, _flags in wanted.values()} if stored_pks is None else set(stored_pks)
+    if located:
+        EmailMessage.objects.filter(pk__in=located, unlocated_since__isnull=False).update(unlocated_since=None)
     return len(new_rows)
 
 
-def _update_flags(fetched: list[FetchedMessage], keys: list[str], stored: dict[str, tuple]) -> None:
+def _update_flags(
+    fetched: list[FetchedMessage], message_pks: list[int], stored: dict[int, tuple[bool, bool, bool]]
+) -> None:
     """Flags of already stored messages follow the server copy fetched last."""
-    changed = []
-    for item, key in zip(fetched, keys, strict=True):
-        if key not in stored:
+    update_message_flags([(pk, item.flags) for item, pk in zip(fetched, message_pks, strict=True)], stored)
+
+
+def update_message_flags(copies: Iterable[tuple[int, Iterable]], stored: dict[int, tuple[bool, bool, bool]]) -> None:
+    """(message pk, server flags) of copies of stored messages -> is_read / is_flagged / is_draft, when
+    they differ from `stored` (pk -> current values; pks not in it are new messages, left alone)."""
+    changed: dict[int, EmailMessage] = {}
+    for pk, raw_flags in copies:
+        if pk not in stored:
             continue
-        pk, is_read, is_flagged, is_draft = stored[key]
-        flags = {flag.lower() for flag in _flag_set(item.flags)}
+        flags = {flag.lower() for flag in _flag_set(raw_flags)}
         wanted = ("\\seen" in flags, "\\flagged" in flags, "\\draft" in flags)
-        if wanted != (is_read, is_flagged, is_draft):
+        if wanted != stored[pk]:
+            changed[pk] = EmailMessage(pk=pk, is_read=wanted[0], is_flagged=wanted[1], is_draft=wanted[2])
+            stored[pk] = wanted
+    if changed:
+        EmailMessage.objects.bulk_update(list(changed.values()), ["is_read", "is_flagged", "is_draft"], batch_size=500)
+
+
+def flags_from_remaining_copies(message_ids: Iterable[int]) -> None:
+    """After copies left the server: a flag on which every remaining copy agrees is the message's (the
+    copy that made a message read may be the one that went). Where copies disagree, nothing changes."""
+    copies: dict[int, list[set[str]]] = {}
+    for message_id, flags in MessageLocation.objects.filter(message_id__in=list(message_ids)).values_list(
+        "message_id", "flags"
+    ):
+        copies.setdefault(message_id, []).append(set(flags.lower().split()))
+    if not copies:
+        return
+    changed = []
+    for pk, *current in EmailMessage.objects.filter(pk__in=list(copies)).values_list(
+        "pk", "is_read", "is_flagged", "is_draft"
+    ):
+        wanted = []
+        for flag, value in zip(("\\seen", "\\flagged", "\\draft"), current, strict=True):
+            agreed = {flag in copy for copy in copies[pk]}
+            wanted.append(agreed.pop() if len(agreed) == 1 else value)
+        if wanted != current:
             changed.append(EmailMessage(pk=pk, is_read=wanted[0], is_flagged=wanted[1], is_draft=wanted[2]))
-            stored[key] = (pk, *wanted)
     if changed:
         EmailMessage.objects.bulk_update(changed, ["is_read", "is_flagged", "is_draft"], batch_size=500)
 
@@ -534,7 +859,7 @@ def _update_flags(fetched: list[FetchedMessage], keys: list[str], stored: dict[s
 class _FileWriter:
     """Writes attachment payloads and raw bytes through Django's default storage, once per message.
 
-    Names are a function of (account, message_key, part number), so a retry after a crash or a
+    Names are a function of (account, message identity, part number), so a retry after a crash or a
     concurrent writer produces the same names, and an existing file of the right size is reused.
     """
 
@@ -550,7 +875,7 @@ class _FileWriter:
     def write_new(self, parsed: Sequence[ParsedEmail], *, skip: set[str]) -> None:
         jobs: list[tuple[str, int, str, bytes]] = []  # (message key, part number or 0 for raw, name, data)
         for item in parsed:
-            key = item.message_key
+            key = identity_of(item.message_key, item.content_hash)
             if key in skip or key in self.attachment_names:
                 continue
             self.attachment_names[key] = [""] * len(item.attachments)

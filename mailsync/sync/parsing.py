@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import contextvars
 import email
 import email.errors
 import email.generator
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 
+import charset_normalizer
 import nh3
 
 from crm.addresses import normalize_email
@@ -87,6 +89,8 @@ class ParsedEmail:
     direction: str
     recipient_count: int
     message_key: str
+    # Fingerprint of the content (content_fingerprint): with message_key, the message's identity.
+    content_hash: str = ""
     parse_error: str = ""
     # Problems that did not stop parsing (missing final boundary, bad base64, ...), for logs/admin.
     defects: list[str] = field(default_factory=list)
@@ -143,10 +147,13 @@ def parse_message(raw: bytes, *, own_addresses: frozenset[str] = frozenset()) ->
         raw = b""
         reason = f"input is not bytes: {type(exc).__name__}"
         return _salvage(raw, own_addresses, reason)
+    token = _DECODE_LOSSES.set([])
     try:
         return _parse(raw, own_addresses)
     except Exception as exc:  # RecursionError, MemoryError, anything in the stdlib parser
         return _salvage(raw, own_addresses, f"{type(exc).__name__}: {_short(str(exc))}")
+    finally:
+        _DECODE_LOSSES.reset(token)
 
 
 def parse_many(raws: list[bytes], own_addresses: frozenset[str] = frozenset()) -> list[ParsedEmail]:
@@ -177,13 +184,131 @@ def canonical_size(raw: bytes) -> int:
     return len(raw) + raw.count(b"\n") - raw.count(b"\r\n")
 
 
+# Header fields that say how a copy travelled or where it is kept, not what it says: trace fields
+# (RFC 5322 3.6.7) and what delivery agents, filters and mail stores add to their own copy. Two copies
+# that differ only in these (and in line endings) are one message.
+TRACE_HEADERS = frozenset(
+    {
+        "received",
+        "return-path",
+        "delivered-to",
+        "x-original-to",
+        "x-delivered-to",
+        "envelope-to",
+        "x-envelope-to",
+        "x-envelope-from",
+        "x-received",
+        "received-spf",
+        "authentication-results",
+        # mailbox state kept in the message by mbox / Maildir writers and mail clients
+        "status",
+        "x-status",
+        "x-keywords",
+        "x-uid",
+        "x-imap",
+        "x-imapbase",
+        "content-length",
+        "lines",
+        "x-mozilla-status",
+        "x-mozilla-status2",
+        "x-mozilla-keys",
+        "x-gmail-labels",
+        "x-gm-thrid",
+    }
+)
+TRACE_HEADER_PREFIXES = (b"arc-", b"x-spam-", b"x-virus-", b"x-ms-exchange-organization-")
+_TRACE_NAMES = frozenset(name.encode() for name in TRACE_HEADERS)
+_ESCAPED_FROM = re.compile(rb"^>(>*From )", re.M)
+
+
+def content_fingerprint(raw: bytes) -> str:
+    """sha256 of a message's content, ignoring line endings (CRLF, LF, CR), an mbox envelope line and
+    its From-quoting, trailing blank lines and the trace / mailbox-state headers above. With the
+    Message-ID key it tells a copy of a stored message (same fingerprint) from a different message
+    that reuses its Message-ID."""
+    data = raw.replace(b"\r\n", b"\n")
+    if b"\r" in data:
+        data = data.replace(b"\r", b"\n")
+    if data.startswith(b"From "):
+        data = data.partition(b"\n")[2]
+    end = data.find(b"\n\n")
+    head, body = (data, b"") if end < 0 else (data[: end + 1], data[end + 2 :])
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        name = line.partition(b":")[0].strip().lower()
+        skipping = name in _TRACE_NAMES or name.startswith(TRACE_HEADER_PREFIXES)
+        if not skipping and line:
+            kept.append(line)
+    if b"From " in body:
+        body = _ESCAPED_FROM.sub(rb"\1", body)
+    digest = hashlib.sha256(b"\n".join(kept))
+    digest.update(b"\n\n")
+    digest.update(body.rstrip(b"\n"))
+    return digest.hexdigest()
+
+
+def message_id_from_header(head: bytes) -> str:
+    """The normalised Message-ID parse_message would find, from a header block alone (IMAP BODY[HEADER]
+    or HEADER.FIELDS (MESSAGE-ID)); "" when there is none."""
+    try:
+        msg = email.message_from_bytes(head.rstrip(b"\r\n") + b"\r\n\r\n")
+        values = _header_map(msg).get("message-id")
+    except Exception:
+        return ""
+    return normalize_message_id(values[0]) if values else ""
+
+
+def message_key_from_header(head: bytes) -> str:
+    """The message_key parse_message would give, from a header block alone; "" when the header has no
+    Message-ID (the key of such a message needs the whole message)."""
+    message_id = message_id_from_header(head)
+    return message_id_key(message_id) if message_id else ""
+
+
+# Text decoded with U+FFFD replacements while a message is parsed: (charset label, count). The parser
+# turns them into a parse_error, so the raw bytes are kept (DESIGN: nothing is lost silently).
+_DECODE_LOSSES: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars.ContextVar(
+    "decode_losses", default=None
+)
+
+
+def _note_loss(label: str | None, text: str) -> None:
+    losses = _DECODE_LOSSES.get()
+    count = text.count("\ufffd")
+    if losses is not None and count:
+        losses.append((label or "none", count))
+
+
+def detect_charset(data: bytes) -> str | None:
+    """Python codec name charset-normalizer finds most likely for `data` (None if it finds none)."""
+    try:
+        best = charset_normalizer.from_bytes(data[:65536]).best()
+    except Exception:  # a detector problem must not stop parsing
+        return None
+    if best is None or not best.encoding:
+        return None
+    try:
+        return codecs.lookup(best.encoding).name
+    except LookupError:
+        return None
+
+
 def decode_bytes(data: bytes, charset: str | None) -> str:
-    """Bytes in a declared (possibly mislabelled or unknown) charset -> str. Never raises."""
+    """Bytes in a declared (possibly mislabelled or unknown) charset -> str. Never raises.
+
+    The declared charset (and its usual aliases) first; when none decodes cleanly, the charset
+    charset-normalizer detects; only then replacement characters, which are reported to the parser
+    (see _DECODE_LOSSES) so that the message keeps its raw bytes."""
     if not data:
         return ""
     candidates = _charset_candidates((charset or "").strip().strip("\"'").lower())
     if candidates is _UNKNOWN_CHARSET:
-        return _guess_decode(data)
+        return _guess_decode(data, charset)
     for codec in candidates:
         try:
             if codec in _CUSTOM_DECODERS:
@@ -191,10 +316,33 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
             return data.decode(codec)
         except (UnicodeDecodeError, LookupError):
             continue
-    return data.decode(candidates[0], "replace")
+    text = data.decode(candidates[0], "replace")
+    bad = text.count("\ufffd")
+    decoded_non_ascii = len(text) - len(text.encode("ascii", "ignore")) - bad
+    # The declared charset mostly works (a stray broken byte in real UTF-8, whose valid multi-byte
+    # sequences other text practically never forms): keep it, the replacement noted. Otherwise it is
+    # a mislabel: the detected charset, when it decodes cleanly.
+    if decoded_non_ascii >= 2 * bad or (candidates[0] == "utf-8" and decoded_non_ascii):
+        _note_loss(charset, text)
+        return text
+    detected = detect_charset(data)
+    if detected and detected not in candidates:
+        try:
+            return data.decode(detected)
+        except (UnicodeDecodeError, LookupError):
+            pass
+    if detected:
+        try:
+            other = data.decode(detected, "replace")
+        except LookupError:
+            other = text
+        if other.count("\ufffd") < text.count("\ufffd"):
+            text = other
+    _note_loss(charset, text)
+    return text
 
 
-def _guess_decode(data: bytes) -> str:
+def _guess_decode(data: bytes, label: str | None = None) -> str:
     """No usable charset label: UTF-8 if the bytes are (mostly) UTF-8, else Windows-1252 / Latin-1."""
     try:
         return data.decode("utf-8")
@@ -206,6 +354,7 @@ def _guess_decode(data: bytes) -> str:
     # Real UTF-8 with a stray broken byte still has many valid multi-byte sequences; Windows-1252
     # text almost never forms even one.
     if decoded_non_ascii >= 4 * bad:
+        _note_loss(label or "utf-8", text)
         return text
     try:
         return data.decode("cp1252")
@@ -460,6 +609,8 @@ def _iso2022jp_via_cp932(data: bytes) -> str:
             out += bytes((lead & 0xFF, trail & 0xFF))
             index += 2
             continue
+        if byte >= 0x80:  # ISO-2022-JP is 7-bit: 8-bit bytes are another charset (EUC-JP, Shift_JIS)
+            raise UnicodeDecodeError("iso-2022-jp", data, index, index + 1, "8-bit byte")
         out.append(byte + 0x80 if mode == "kana" and 0x21 <= byte <= 0x5F else byte)
         index += 1
     return bytes(out).decode("cp932")
@@ -1015,6 +1166,13 @@ def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> P
         attachment.is_inline = bool(attachment.content_id) and attachment.content_id.lower() in referenced_cids
 
     problems = list(dict.fromkeys(body.lost))
+    losses = _DECODE_LOSSES.get() or []
+    if losses:
+        labels = ", ".join(dict.fromkeys(label for label, _count in losses))
+        replaced = sum(count for _label, count in losses)
+        problems.append(
+            f"{replaced} character(s) could not be decoded (declared charset {labels}): original bytes kept"
+        )
     if body.boundary_lost:
         problems.insert(0, "multipart boundary not found: the body is shown as raw text")
     if headers_missing:
@@ -1055,6 +1213,7 @@ def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> P
         direction=SENT if any(address in own_addresses for _, address in from_) else RECEIVED,
         recipient_count=len(recipients),
         message_key=key,
+        content_hash=content_fingerprint(raw),
         parse_error=parse_error,
         defects=list(dict.fromkeys(defects)),
         is_bounce=body.is_bounce,
@@ -1408,6 +1567,7 @@ def _salvage(raw: bytes, own_addresses: frozenset[str], reason: str) -> ParsedEm
         direction=SENT if any(address in own_addresses for _, address in from_) else RECEIVED,
         recipient_count=len({address for _, address in to} | {address for _, address in cc}),
         message_key=key,
+        content_hash=content_fingerprint(raw),
         parse_error=_short(reason) or "unparseable message",
         defects=defects,
     )

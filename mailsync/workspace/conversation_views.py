@@ -28,7 +28,7 @@ from mailsync.linking.rules import (
     target_field_for,
 )
 from mailsync.mailboxes.placement import refresh_mailboxes
-from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant, ThreadLink
+from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant, SmartBccDelivery, ThreadLink
 from mailsync.models.filenames import display_filename
 from mailsync.sync.threads import normalize_subject
 
@@ -104,7 +104,13 @@ def _images_shown(request: HttpRequest) -> set[int] | None:
 def _thread_context(user, thread: EmailThread, *, images_shown: set[int] | None = frozenset()) -> dict:
     thread_messages = list(access.thread_messages(thread))
     thread_subject = normalize_subject(thread.subject)
+    via_smart_bcc = set(
+        SmartBccDelivery.objects.filter(
+            message__in=[message.pk for message in thread_messages], status=SmartBccDelivery.Status.FILED
+        ).values_list("message_id", flat=True)
+    )
     for message in thread_messages:
+        message.via_smart_bcc = message.pk in via_smart_bcc
         # A reply's own subject is worth a line only when it says something new (not just "Re: ...").
         message.subject_differs = bool(message.subject) and normalize_subject(message.subject) != thread_subject
         by_role = defaultdict(list)

@@ -102,7 +102,7 @@ class Command(BaseCommand):
     def _sample_mailbox(self, user: User) -> None:
         """Sample conversations through the real ingestion and linking, in a paused account that points
         at no server (so the scheduler never tries it). Connect a real mailbox in Settings > Email sync."""
-        account, _ = EmailAccount.objects.get_or_create(
+        account, created = EmailAccount.objects.get_or_create(
             user=user,
             email_address=user.email,
             defaults={
@@ -113,6 +113,10 @@ class Command(BaseCommand):
                 "state": EmailAccount.State.PAUSED,
             },
         )
+        if not created and account.messages.exists():
+            # Already seeded. The samples are dated relative to now, so a second set would be other
+            # messages with the same Message-IDs, which ingestion rightly keeps apart.
+            return
         # What the owner sent is read, as in any mailbox; the rest arrives unread.
         raws = sample_messages(user.email)
         sent = [raw for raw in raws if user.email in str(message_from_bytes(raw, policy=default)["From"] or "")]

@@ -1,7 +1,10 @@
 """import_mail ACCOUNT PATH...: store messages from .eml files, mbox files and Maildirs in an account.
 
-The messages go through the same ingestion pipeline as a sync (mailsync.ingest), so the identity rules
-are the same: importing twice, or importing mail that a sync also fetches, stores each message once.
+The messages go through the same ingestion pipeline as a sync (mailsync.sync.ingest), so the identity rules
+are the same: importing twice, or importing mail that a sync also fetches, stores each message once
+(line endings, mbox quoting and trace headers such as Received do not count), while different messages
+that reuse a Message-ID are each stored. The summary says how many were new, how many were copies of
+messages already stored, and how many were kept apart despite a shared Message-ID.
 Imported messages have no server location (no folder / UID).
 """
 
@@ -76,8 +79,10 @@ class Command(BaseCommand):
             self.stderr.write(f"Skipped: {problem}")
         self.stdout.write(
             self.style.SUCCESS(
-                f"Done: {summary.created + summary.existing} message(s) read - {summary.created} created, "
-                f"{summary.existing} already present, {summary.failed} failed to parse but kept raw"
+                f"Done: {summary.created + summary.existing} message(s) read - {summary.created} new "
+                f"({summary.kept_apart} kept apart from a different message with the same Message-ID), "
+                f"{summary.existing} copies of messages already stored, "
+                f"{summary.failed} failed to parse but kept raw"
                 + (f", {len(unreadable)} unreadable" if unreadable else "")
                 + "."
             )
@@ -145,13 +150,11 @@ class Command(BaseCommand):
     def _write(self, account, own, pending, summary: IngestResult, total: int) -> None:
         batch, parse = pending
         result = ingest_batch(account, None, batch, parsed=parse.result() if parse else None, own_addresses=own)
-        summary.created += result.created
-        summary.existing += result.existing
-        summary.failed += result.failed
+        summary.add(result)
         done = summary.created + summary.existing
         self.stdout.write(
-            f"  {done}/{total}: {summary.created} created, {summary.existing} already present, "
-            f"{summary.failed} kept raw"
+            f"  {done}/{total}: {summary.created} new ({summary.kept_apart} kept apart), "
+            f"{summary.existing} copies, {summary.failed} kept raw"
         )
 
 

@@ -34,20 +34,23 @@ class Command(BaseCommand):
             raise CommandError(f"{failures} account(s) failed; their last error shows in Settings > Email sync.")
 
     def _sync_until_done(self, account: EmailAccount, time_budget: float) -> tuple[str, bool]:
-        created = existing = flags = deleted = 0
+        created = existing = kept_apart = flags = deleted = 0
         while True:
             report = engine.sync_account(account.pk, time_budget=time_budget)
             if not report.locked:
                 return "another sync of this account is running; skipped", False
             created += report.created
             existing += report.existing
+            kept_apart += report.kept_apart
             flags += report.flag_changes
             deleted += report.deleted_messages
             if report.error is not None:
                 return f"{report.error.message} {report.error.fix}", True
             if not report.more_work:
                 return (
-                    f"{created} new, {existing} already stored, {flags} flag changes, {deleted} deleted on the server",
+                    f"{created} new ({kept_apart} kept apart from a different message with the same Message-ID), "
+                    f"{existing} copies of messages already stored, {flags} flag changes, "
+                    f"{deleted} deleted on the server",
                     False,
                 )
 

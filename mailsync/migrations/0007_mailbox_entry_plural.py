@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mailsync', '0005_cjk_search_terms'),
+        ('mailsync', '0006_message_identity_by_content'),
     ]
 
     operations = [
