@@ -1,0 +1,31 @@
+"""A user's mail preferences (linking mode, default sharing, email links, server actions)."""
+
+from django.conf import settings
+from django.db import models
+
+from .mail import EmailThread
+
+
+class MailSettings(models.Model):
+    """Per-user mail preferences."""
+
+    class LinkingMode(models.TextChoices):
+        AUTOMATIC = "automatic", "Automatic"
+        MANUAL = "manual", "Manual (suggestions only)"
+
+    class LinkPreference(models.TextChoices):
+        CRM = "crm", "Open the CRM composer"
+        MAILTO = "mailto", "Open my computer's mail application"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mail_settings")
+    linking_mode = models.CharField(max_length=10, choices=LinkingMode.choices, default=LinkingMode.AUTOMATIC)
+    default_visibility = models.CharField(
+        max_length=10, choices=EmailThread.Visibility.choices, default=EmailThread.Visibility.PRIVATE
+    )
+    apply_actions_on_server = models.BooleanField(
+        default=False, help_text="Also archive / delete in my mail account (S5)"
+    )
+    email_link_preference = models.CharField(max_length=10, choices=LinkPreference.choices, default=LinkPreference.CRM)
+
+    def __str__(self) -> str:
+        return f"Mail settings of {self.user}"
