@@ -16,7 +16,7 @@ from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from crm.records import is_partial_request
+from crm.records import PlainLabels, is_partial_request
 
 from . import access, actions, conversation_services, display, inbox_views
 from .linking import (
@@ -332,7 +332,7 @@ def attachment_download(request: HttpRequest, pk: int) -> FileResponse:
 # --- Blocked addresses ---------------------------------------------------------------------------------
 
 
-class BlockForm(forms.Form):
+class BlockForm(PlainLabels, forms.Form):
     pattern = forms.CharField(
         label="Address or domain",
         max_length=320,

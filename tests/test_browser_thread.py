@@ -156,15 +156,17 @@ def test_opening_a_thread_from_a_boosted_link_loads_it_as_its_own_document(page,
     responses = []
     page.on("response", lambda response: responses.append(response))
     page.click("#timeline >> text=Quarterly numbers")  # hx-boost on <body> turns this into an ajax request
-    page.wait_for_url(f"**{thread.get_absolute_url()}")
+    # The timeline's link says where "Back" leads.
+    opened = f"{thread.get_absolute_url()}?back={ann.get_absolute_url()}"
+    page.wait_for_url(f"**{opened}")
     page.frame_locator("iframe.message-frame").locator("text=Quarterly numbers are attached.").wait_for()
 
     # The server answered the boosted request with HX-Redirect; the browser then loaded the page itself,
     # so its Content-Security-Policy is in force (a swapped-in body would keep the person page's policy).
     navigation = page.evaluate("performance.getEntriesByType('navigation')[0].name")
-    assert navigation.endswith(thread.get_absolute_url())
+    assert navigation.endswith(opened)
     documents = [
-        r for r in responses if r.url.endswith(thread.get_absolute_url()) and r.request.is_navigation_request()
+        r for r in responses if r.url.endswith(opened) and r.request.is_navigation_request()
     ]
     assert documents and "script-src 'self'" in documents[-1].headers["content-security-policy"]
     assert pwned_everywhere(page) == [None] * len(pwned_everywhere(page))
@@ -181,10 +183,10 @@ def test_opening_a_thread_from_a_boosted_link_loads_it_as_its_own_document(page,
     # Back: the browser loads the thread again as a document of its own, with its policy.
     responses.clear()
     page.go_back()
-    page.wait_for_url(f"**{thread.get_absolute_url()}")
+    page.wait_for_url(f"**{opened}")
     page.frame_locator("iframe.message-frame").locator("text=Quarterly numbers are attached.").wait_for()
     documents = [
-        r for r in responses if r.url.endswith(thread.get_absolute_url()) and r.request.is_navigation_request()
+        r for r in responses if r.url.endswith(opened) and r.request.is_navigation_request()
     ]
     assert documents and "script-src 'self'" in documents[-1].headers["content-security-policy"]
     assert page.evaluate("sessionStorage.getItem('htmx-history-cache')") is None
