@@ -25,10 +25,7 @@ run: venv
 	@echo "  Demo login:    demo@example.com / demo-password-123"
 	@echo "  Admin login:   admin@example.com / admin-password-123"
 	@echo ""
-	@export DJANGO_DEBUG=$${DJANGO_DEBUG:-1}; trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/celery -A crm worker --beat --loglevel=INFO --concurrency=2 --pool=threads & \
-	$(BIN)/python manage.py sync_mail & \
-	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+	@DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python -m devtools.run --port $(PORT)
 
 ## make test: lint, migration check and the whole suite against PostgreSQL (TEST_DATABASE_URL).
 test: venv

@@ -165,9 +165,7 @@ def test_opening_a_thread_from_a_boosted_link_loads_it_as_its_own_document(page,
     # so its Content-Security-Policy is in force (a swapped-in body would keep the person page's policy).
     navigation = page.evaluate("performance.getEntriesByType('navigation')[0].name")
     assert navigation.endswith(opened)
-    documents = [
-        r for r in responses if r.url.endswith(opened) and r.request.is_navigation_request()
-    ]
+    documents = [r for r in responses if r.url.endswith(opened) and r.request.is_navigation_request()]
     assert documents and "script-src 'self'" in documents[-1].headers["content-security-policy"]
     assert pwned_everywhere(page) == [None] * len(pwned_everywhere(page))
 
@@ -185,8 +183,6 @@ def test_opening_a_thread_from_a_boosted_link_loads_it_as_its_own_document(page,
     page.go_back()
     page.wait_for_url(f"**{opened}")
     page.frame_locator("iframe.message-frame").locator("text=Quarterly numbers are attached.").wait_for()
-    documents = [
-        r for r in responses if r.url.endswith(opened) and r.request.is_navigation_request()
-    ]
+    documents = [r for r in responses if r.url.endswith(opened) and r.request.is_navigation_request()]
     assert documents and "script-src 'self'" in documents[-1].headers["content-security-policy"]
     assert page.evaluate("sessionStorage.getItem('htmx-history-cache')") is None
