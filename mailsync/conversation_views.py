@@ -182,7 +182,10 @@ def thread_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context=context,
     )
     response["Content-Security-Policy"] = display.content_security_policy(remote_images=context["remote_images_shown"])
-    response["Referrer-Policy"] = "no-referrer"
+    # No Referer to other sites (remote images once allowed, links in the mail). Not "no-referrer": with it
+    # the browser sends "Origin: null" with the page's own form posts (Archive, Delete...), which Django's
+    # CSRF check refuses.
+    response["Referrer-Policy"] = "same-origin"
     patch_cache_control(response, private=True, no_store=True)
     return response
 
