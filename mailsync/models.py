@@ -43,17 +43,17 @@ class EmailAccount(models.Model):
     provider = models.CharField(max_length=40, default="custom")
     username = models.CharField(max_length=320)
     auth_kind = models.CharField(max_length=20, choices=AuthKind.choices, default=AuthKind.PASSWORD)
-    imap_host = models.CharField(max_length=253)
-    imap_port = models.PositiveIntegerField(default=993)
-    imap_security = models.CharField(max_length=10, choices=Security.choices, default=Security.SSL)
-    smtp_host = models.CharField(max_length=253, blank=True)
-    smtp_port = models.PositiveIntegerField(default=465)
-    smtp_security = models.CharField(max_length=10, choices=Security.choices, default=Security.SSL)
+    imap_host = models.CharField("IMAP host", max_length=253)
+    imap_port = models.PositiveIntegerField("IMAP port", default=993)
+    imap_security = models.CharField("IMAP security", max_length=10, choices=Security.choices, default=Security.SSL)
+    smtp_host = models.CharField("SMTP host", max_length=253, blank=True)
+    smtp_port = models.PositiveIntegerField("SMTP port", default=465)
+    smtp_security = models.CharField("SMTP security", max_length=10, choices=Security.choices, default=Security.SSL)
     # Fernet token of the password or OAuth token JSON; never rendered, never logged (see crypto.py).
     secret_encrypted = models.TextField(blank=True, editable=False)
     # PEM of a CA an admin chose to trust for a self-hosted server (A4); empty = system CAs only.
-    trusted_ca_pem = models.TextField(blank=True)
-    attachment_limit_mb = models.PositiveIntegerField(default=25)
+    trusted_ca_pem = models.TextField("trusted CA certificate (PEM)", blank=True)
+    attachment_limit_mb = models.PositiveIntegerField("attachment limit (MB)", default=25)
 
     state = models.CharField(max_length=20, choices=State.choices, default=State.CONNECTING, db_index=True)
     last_error_code = models.CharField(max_length=40, blank=True)
@@ -124,6 +124,7 @@ class AccountAddress(models.Model):
     address = models.EmailField(max_length=320)
 
     class Meta:
+        verbose_name_plural = "account addresses"
         constraints = [models.UniqueConstraint(fields=["account", "address"], name="account_address_unique")]
 
     def __str__(self) -> str:
@@ -148,9 +149,9 @@ class MailFolder(models.Model):
     selected = models.BooleanField(default=True, help_text="Synced when the account syncs selected folders only")
     exists_on_server = models.BooleanField(default=True)
     noselect = models.BooleanField(default=False)
-    uidvalidity = models.BigIntegerField(null=True, blank=True)
-    uidnext = models.BigIntegerField(null=True, blank=True)
-    highestmodseq = models.BigIntegerField(null=True, blank=True)
+    uidvalidity = models.BigIntegerField("UIDVALIDITY", null=True, blank=True)
+    uidnext = models.BigIntegerField("UIDNEXT", null=True, blank=True)
+    highestmodseq = models.BigIntegerField("HIGHESTMODSEQ", null=True, blank=True)
     # Set when the initial window (the last N days) of this folder has been synced; until then the
     # window is searched again on every run, skipping UIDs already stored (crash-safe, idempotent).
     initial_synced_at = models.DateTimeField(null=True, blank=True)
@@ -216,7 +217,7 @@ class EmailMessage(models.Model):
     # parsing.content_fingerprint of the first copy stored; "" for mail stored before fingerprints
     # existed (ingestion fills it in from the next copy it meets).
     content_hash = models.CharField(max_length=64, blank=True, default="")
-    message_id = models.CharField(max_length=998, blank=True, db_index=True)
+    message_id = models.CharField("Message-ID", max_length=998, blank=True, db_index=True)
     in_reply_to = models.CharField(max_length=998, blank=True)
     references = models.TextField(blank=True)
     subject = models.TextField(blank=True)
@@ -226,7 +227,7 @@ class EmailMessage(models.Model):
     internal_date = models.DateTimeField(null=True, blank=True)
     snippet = models.CharField(max_length=300, blank=True)
     body_text = models.TextField(blank=True)
-    body_html = models.TextField(blank=True, help_text="Sanitised HTML")
+    body_html = models.TextField("HTML body", blank=True, help_text="Sanitised HTML")
     has_remote_images = models.BooleanField(default=False)
     direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.RECEIVED)
     size = models.PositiveIntegerField(default=0)
@@ -297,8 +298,8 @@ class MessageLocation(models.Model):
 
     message = models.ForeignKey(EmailMessage, on_delete=models.CASCADE, related_name="locations")
     folder = models.ForeignKey(MailFolder, on_delete=models.CASCADE, related_name="locations")
-    uidvalidity = models.BigIntegerField()
-    uid = models.BigIntegerField()
+    uidvalidity = models.BigIntegerField("UIDVALIDITY")
+    uid = models.BigIntegerField("UID")
     flags = models.CharField(max_length=500, blank=True)
 
     class Meta:
@@ -400,7 +401,7 @@ class Attachment(models.Model):
     filename = models.CharField(max_length=500, blank=True)
     content_type = models.CharField(max_length=200, default="application/octet-stream")
     size = models.PositiveIntegerField(default=0)
-    content_id = models.CharField(max_length=500, blank=True)
+    content_id = models.CharField("Content-ID", max_length=500, blank=True)
     is_inline = models.BooleanField(default=False)
     file = models.FileField(upload_to="attachments/%Y/%m/", max_length=500)
 
@@ -500,6 +501,9 @@ class MailSettings(models.Model):
     )
     email_link_preference = models.CharField(max_length=10, choices=LinkPreference.choices, default=LinkPreference.CRM)
 
+    class Meta:
+        verbose_name_plural = "mail settings"
+
     def __str__(self) -> str:
         return f"Mail settings of {self.user}"
 
@@ -531,6 +535,7 @@ class BlockedAddress(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name_plural = "blocked addresses"
         ordering = ["pattern"]
         constraints = [models.UniqueConstraint(fields=["user", "pattern"], name="blocked_unique_per_user")]
 
