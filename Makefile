@@ -26,10 +26,8 @@ run: venv
 	@echo "  Demo login:    demo@example.com / demo-password-123"
 	@echo "  Admin login:   admin@example.com / admin-password-123"
 	@echo ""
-	@export DJANGO_DEBUG=$${DJANGO_DEBUG:-1} MAILSYNC_ALLOW_PRIVATE_HOSTS=$${MAILSYNC_ALLOW_PRIVATE_HOSTS:-1} MAILSYNC_SMART_BCC_DOMAIN=$${MAILSYNC_SMART_BCC_DOMAIN-bcc.localhost}; trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/celery -A crm worker --beat --loglevel=INFO --concurrency=2 --pool=threads & \
-	$(BIN)/python manage.py sync_mail & \
-	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+	@DJANGO_DEBUG=$${DJANGO_DEBUG:-1} MAILSYNC_ALLOW_PRIVATE_HOSTS=$${MAILSYNC_ALLOW_PRIVATE_HOSTS:-1} MAILSYNC_SMART_BCC_DOMAIN=$${MAILSYNC_SMART_BCC_DOMAIN-bcc.localhost} \
+		$(BIN)/python -m devtools.run --port $(PORT)
 
 ## make test: lint, the import contracts (.importlinter), migration check and the whole suite against
 ## PostgreSQL (TEST_DATABASE_URL).

@@ -1,4 +1,5 @@
 from django.http import HttpRequest
+from django.urls import reverse
 
 NAVIGATION = [
     ("home", "Dashboard"),
@@ -13,7 +14,17 @@ NAVIGATION = [
 
 
 def navigation(request: HttpRequest) -> dict:
-    return {"nav_items": NAVIGATION}
+    """`nav_items`: (url, label, active). The active item is the one whose URL is the longest prefix of
+    this page's path, so a thread (/mail/threads/1/) lights up Inbox and /mail/settings/ Email sync."""
+    entries = list(NAVIGATION)
+    user = getattr(request, "user", None)
+    if getattr(user, "is_company_admin", False):
+        entries.append(("mailsync:status", "Mail status"))
+    items = [(reverse(url_name), label) for url_name, label in entries]
+    path = getattr(request, "path", "")
+    matches = [url for url, _ in items if path == url or (url != "/" and path.startswith(url))]
+    active = max(matches, key=len, default=None)
+    return {"nav_items": [(url, label, url == active) for url, label in items]}
 
 
 def mail_attention(request: HttpRequest) -> dict:

@@ -90,7 +90,15 @@ class DateInput(forms.DateInput):
         super().__init__(attrs=attrs, format="%Y-%m-%d")
 
 
-class OwnedRecordForm(forms.ModelForm):
+class PlainLabels:
+    """Labels without the colon Django appends, as on the sign-in page: every form reads the same."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+
+class OwnedRecordForm(PlainLabels, forms.ModelForm):
     """A form for a record with owner and visibility, filled in by `user`.
 
     The owner defaults to the user; only the owner or an admin may hand the record to someone else.

@@ -27,7 +27,9 @@ def test_filter_search_and_bulk_archive(page, alice):
     expect(rows).to_have_count(3)
     # Swapped-in controls are live as soon as they are visible (typing right after a swap once got lost).
     assert page.evaluate("htmx.config.defaultSettleDelay") == 0
-    expect(page.locator(".mailbox-tab.active")).to_contain_text("Inbox 3")
+    # The tab shows the unread count; its title the total too (the heading does not repeat it).
+    expect(page.locator(".mailbox-tab.active")).to_have_attribute("title", "3 conversations, 1 unread")
+    expect(page.locator(".mailbox-tab.active .unread-count")).to_have_text("1 unread")
     expect(page.locator("tr.unread")).to_have_count(1)
 
     # The unread filter: only unread, and a chip that says what is hidden and removes the filter.

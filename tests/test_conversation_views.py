@@ -99,6 +99,11 @@ WALK = [
     ("thread_accept_suggestion", "shared", (302, 403, 404, 403)),
     ("thread_visibility", "private", (302, 404, 404, 404)),
     ("thread_visibility", "shared", (302, 403, 404, 403)),
+    # A conversation expanded on a timeline (htmx), and the older pages of Ann's timeline: the private
+    # thread is on it for Alice only (the body check below: nobody else gets "Private talk").
+    ("thread_preview", "private", (200, 404, 404, 404)),
+    ("thread_preview", "shared", (200, 200, 404, 200)),
+    ("record_timeline", "private", (200, 200, 200, 200)),
     ("blocked_remove", None, (302, 404, 404, 404)),
     ("blocked_list", None, (200, 200, 200, 200)),
     ("cleanup", None, (200, 200, 200, 200)),
@@ -138,6 +143,10 @@ def _request(client, world, name, thread_key):
         return client.post(reverse("mailsync:blocked_remove", args=[world["block"].pk]))
     if name == "thread_detail_images":
         return client.get(reverse("mailsync:thread_detail", args=[thread.pk]) + "?images=all")
+    if name == "thread_preview":
+        return client.get(reverse("mailsync:thread_preview", args=[thread.pk]), headers=HTMX)
+    if name == "record_timeline":
+        return client.get(reverse("mailsync:record_timeline", args=["person", world["ann"].pk]), headers=HTMX)
     if name == "thread_detail_boosted":
         return client.get(reverse("mailsync:thread_detail", args=[thread.pk]), headers={**HTMX, "HX-Boosted": "true"})
     account = EmailAccount.objects.get(user__email="alice@company.test")

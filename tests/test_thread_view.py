@@ -84,7 +84,7 @@ def test_hostile_html_is_shown_without_anything_that_runs(alice, account):
     assert script_src.strip() == "'self'"
     assert "img-src 'self' data:;" in policy + ";"
     assert "frame-ancestors 'none'" in policy
-    assert response["Referrer-Policy"] == "no-referrer"
+    assert response["Referrer-Policy"] == "same-origin"  # nothing to other sites; Origin for its own forms
 
 
 def test_remote_images_are_blocked_until_the_viewer_allows_them(alice, account):

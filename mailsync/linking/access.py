@@ -13,6 +13,7 @@ message is left out of every list, for its owner too.
 """
 
 from django.db.models import Count, Exists, F, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 
 from contacts.models import Organization, Person
@@ -23,6 +24,19 @@ from mailsync.models import Attachment, EmailMessage, EmailThread, ThreadLink
 from projects.models import Project
 
 TIMELINE_LIMIT = 50
+
+
+class TimelinePage(list):
+    """One page of a record's timeline (a list of threads) that knows whether older ones follow, and
+    whose record it is (`kind`, `record`: the template links to the next page and back to the record)."""
+
+    def __init__(self, threads, *, record, kind: str, offset: int, has_more: bool):
+        super().__init__(threads)
+        self.record = record
+        self.kind = kind
+        self.offset = offset
+        self.has_more = has_more
+        self.next_offset = offset + len(self)
 
 
 def _can_use_product(user: User) -> bool:
@@ -112,20 +126,32 @@ def thread_links_for_user(user: User, thread: EmailThread) -> list[ThreadLink]:
     return list(links)
 
 
-def _timeline_link_condition(*, person, organization, deal, lead, project) -> Q:
-    given = [value is not None for value in (person, organization, deal, lead, project)]
-    if sum(given) != 1:
+def _timeline_record(**records) -> tuple[str, object]:
+    """("deal", deal) for the one record a timeline is asked for."""
+    given = [(kind, record) for kind, record in records.items() if record is not None]
+    if len(given) != 1:
         raise TypeError("timeline_for needs exactly one of person, organization, deal, lead, project")
-    if person is not None:
-        return Q(person=person)
-    if organization is not None:
+    return given[0]
+
+
+def _timeline_link_condition(kind: str, record) -> Q:
+    if kind == "organization":
         # An organization's timeline also gathers the conversations of its people.
-        return Q(organization=organization) | Q(person__organization=organization)
-    if deal is not None:
-        return Q(deal=deal)
-    if lead is not None:
-        return Q(lead=lead)
-    return Q(project=project)
+        return Q(organization=record) | Q(person__organization=record)
+    return Q(**{kind: record})
+
+
+def _message_count(**filters) -> Subquery:
+    """The number of the thread's (OuterRef) visible messages, as a correlated subquery."""
+    counted = (
+        _live_messages()
+        .filter(thread=OuterRef("pk"), **filters)
+        .order_by()
+        .values("thread")
+        .annotate(total=Count("pk"))
+        .values("total")
+    )
+    return Subquery(counted, output_field=IntegerField())
 
 
 def timeline_for(
@@ -137,26 +163,20 @@ def timeline_for(
     lead: Lead | None = None,
     project: Project | None = None,
     limit: int = TIMELINE_LIMIT,
-) -> list[EmailThread]:
-    """Conversations linked to one record that the user may see, newest first, in ONE query.
+    offset: int = 0,
+) -> TimelinePage:
+    """Conversations linked to one record that the user may see, newest first, in ONE query: `limit`
+    of them from `offset` on (the page knows whether older ones follow).
 
     Each thread carries `owner` and the annotations a template needs: `latest_snippet`,
-    `latest_from_name`, `latest_from_address`, `latest_date` (of its latest visible message) and
-    `visible_message_count` (`snippet` is the same as `latest_snippet`).
+    `latest_from_name`, `latest_from_address`, `latest_direction`, `latest_date` (of its latest
+    visible message), `visible_message_count` and `sent_count` (`snippet` is the same as
+    `latest_snippet`).
     """
-    condition = _timeline_link_condition(
-        person=person, organization=organization, deal=deal, lead=lead, project=project
-    )
+    kind, record = _timeline_record(person=person, organization=organization, deal=deal, lead=lead, project=project)
+    condition = _timeline_link_condition(kind, record)
     linked = ThreadLink.objects.filter(thread=OuterRef("pk"), state=ThreadLink.State.LINKED).filter(condition)
     latest = _live_messages().filter(thread=OuterRef("pk")).order_by(F("date").desc(nulls_last=True), "-pk")
-    count = (
-        _live_messages()
-        .filter(thread=OuterRef("pk"))
-        .order_by()
-        .values("thread")
-        .annotate(total=Count("pk"))
-        .values("total")
-    )
     threads = (
         visible_threads(user)
         .filter(Exists(linked))
@@ -165,12 +185,16 @@ def timeline_for(
             latest_snippet=Subquery(latest.values("snippet")[:1]),
             latest_from_name=Subquery(latest.values("from_name")[:1]),
             latest_from_address=Subquery(latest.values("from_address")[:1]),
+            latest_direction=Subquery(latest.values("direction")[:1]),
             latest_date=Subquery(latest.values("date")[:1]),
-            visible_message_count=Subquery(count, output_field=IntegerField()),
+            visible_message_count=_message_count(),
+            sent_count=Coalesce(_message_count(direction=EmailMessage.Direction.SENT), 0),
         )
         .order_by(F("last_message_at").desc(nulls_last=True), "-pk")
     )
-    entries = list(threads[:limit])
+    offset = max(0, offset)
+    entries = list(threads[offset : offset + limit + 1])
     for thread in entries:
         thread.snippet = thread.latest_snippet  # the name the shared timeline template reads
-    return entries
+        thread.received_count = (thread.visible_message_count or 0) - thread.sent_count
+    return TimelinePage(entries[:limit], record=record, kind=kind, offset=offset, has_more=len(entries) > limit)

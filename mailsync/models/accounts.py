@@ -35,17 +35,17 @@ class EmailAccount(models.Model):
     provider = models.CharField(max_length=40, default="custom")
     username = models.CharField(max_length=320)
     auth_kind = models.CharField(max_length=20, choices=AuthKind.choices, default=AuthKind.PASSWORD)
-    imap_host = models.CharField(max_length=253)
-    imap_port = models.PositiveIntegerField(default=993)
-    imap_security = models.CharField(max_length=10, choices=Security.choices, default=Security.SSL)
-    smtp_host = models.CharField(max_length=253, blank=True)
-    smtp_port = models.PositiveIntegerField(default=465)
-    smtp_security = models.CharField(max_length=10, choices=Security.choices, default=Security.SSL)
+    imap_host = models.CharField("IMAP host", max_length=253)
+    imap_port = models.PositiveIntegerField("IMAP port", default=993)
+    imap_security = models.CharField("IMAP security", max_length=10, choices=Security.choices, default=Security.SSL)
+    smtp_host = models.CharField("SMTP host", max_length=253, blank=True)
+    smtp_port = models.PositiveIntegerField("SMTP port", default=465)
+    smtp_security = models.CharField("SMTP security", max_length=10, choices=Security.choices, default=Security.SSL)
     # Fernet token of the password or OAuth token JSON; never rendered, never logged (see crypto.py).
     secret_encrypted = models.TextField(blank=True, editable=False)
     # PEM of a CA an admin chose to trust for a self-hosted server (A4); empty = system CAs only.
-    trusted_ca_pem = models.TextField(blank=True)
-    attachment_limit_mb = models.PositiveIntegerField(default=25)
+    trusted_ca_pem = models.TextField("trusted CA certificate (PEM)", blank=True)
+    attachment_limit_mb = models.PositiveIntegerField("attachment limit (MB)", default=25)
 
     state = models.CharField(max_length=20, choices=State.choices, default=State.CONNECTING, db_index=True)
     last_error_code = models.CharField(max_length=40, blank=True)
@@ -112,6 +112,7 @@ class AccountAddress(models.Model):
     address = models.EmailField(max_length=320)
 
     class Meta:
+        verbose_name_plural = "account addresses"
         constraints = [models.UniqueConstraint(fields=["account", "address"], name="account_address_unique")]
 
     def __str__(self) -> str:
@@ -136,9 +137,9 @@ class MailFolder(models.Model):
     selected = models.BooleanField(default=True, help_text="Synced when the account syncs selected folders only")
     exists_on_server = models.BooleanField(default=True)
     noselect = models.BooleanField(default=False)
-    uidvalidity = models.BigIntegerField(null=True, blank=True)
-    uidnext = models.BigIntegerField(null=True, blank=True)
-    highestmodseq = models.BigIntegerField(null=True, blank=True)
+    uidvalidity = models.BigIntegerField("UIDVALIDITY", null=True, blank=True)
+    uidnext = models.BigIntegerField("UIDNEXT", null=True, blank=True)
+    highestmodseq = models.BigIntegerField("HIGHESTMODSEQ", null=True, blank=True)
     # Set when the initial window (the last N days) of this folder has been synced; until then the
     # window is searched again on every run, skipping UIDs already stored (crash-safe, idempotent).
     initial_synced_at = models.DateTimeField(null=True, blank=True)

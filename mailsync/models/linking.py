@@ -80,6 +80,7 @@ class BlockedAddress(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name_plural = "blocked addresses"
         ordering = ["pattern"]
         constraints = [models.UniqueConstraint(fields=["user", "pattern"], name="blocked_unique_per_user")]
 

@@ -60,7 +60,7 @@ class EmailMessage(models.Model):
     # parsing.content_fingerprint of the first copy stored; "" for mail stored before fingerprints
     # existed (ingestion fills it in from the next copy it meets).
     content_hash = models.CharField(max_length=64, blank=True, default="")
-    message_id = models.CharField(max_length=998, blank=True, db_index=True)
+    message_id = models.CharField("Message-ID", max_length=998, blank=True, db_index=True)
     in_reply_to = models.CharField(max_length=998, blank=True)
     references = models.TextField(blank=True)
     subject = models.TextField(blank=True)
@@ -70,7 +70,7 @@ class EmailMessage(models.Model):
     internal_date = models.DateTimeField(null=True, blank=True)
     snippet = models.CharField(max_length=300, blank=True)
     body_text = models.TextField(blank=True)
-    body_html = models.TextField(blank=True, help_text="Sanitised HTML")
+    body_html = models.TextField("HTML body", blank=True, help_text="Sanitised HTML")
     has_remote_images = models.BooleanField(default=False)
     direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.RECEIVED)
     size = models.PositiveIntegerField(default=0)
@@ -141,8 +141,8 @@ class MessageLocation(models.Model):
 
     message = models.ForeignKey(EmailMessage, on_delete=models.CASCADE, related_name="locations")
     folder = models.ForeignKey(MailFolder, on_delete=models.CASCADE, related_name="locations")
-    uidvalidity = models.BigIntegerField()
-    uid = models.BigIntegerField()
+    uidvalidity = models.BigIntegerField("UIDVALIDITY")
+    uid = models.BigIntegerField("UID")
     flags = models.CharField(max_length=500, blank=True)
 
     class Meta:
@@ -181,7 +181,7 @@ class Attachment(models.Model):
     filename = models.CharField(max_length=500, blank=True)
     content_type = models.CharField(max_length=200, default="application/octet-stream")
     size = models.PositiveIntegerField(default=0)
-    content_id = models.CharField(max_length=500, blank=True)
+    content_id = models.CharField("Content-ID", max_length=500, blank=True)
     is_inline = models.BooleanField(default=False)
     file = models.FileField(upload_to="attachments/%Y/%m/", max_length=500)
 

@@ -27,5 +27,8 @@ class MailSettings(models.Model):
     )
     email_link_preference = models.CharField(max_length=10, choices=LinkPreference.choices, default=LinkPreference.CRM)
 
+    class Meta:
+        verbose_name_plural = "mail settings"
+
     def __str__(self) -> str:
         return f"Mail settings of {self.user}"

@@ -6,6 +6,7 @@ from . import conversation_views as views
 
 urlpatterns = [
     path("threads/<int:pk>/", views.thread_detail, name="thread_detail"),
+    path("threads/<int:pk>/preview/", views.thread_preview, name="thread_preview"),
     path("threads/<int:pk>/link/", views.thread_link, name="thread_link"),
     path("threads/<int:pk>/unlink/", views.thread_unlink, name="thread_unlink"),
     path(
@@ -14,6 +15,7 @@ urlpatterns = [
         name="thread_accept_suggestion",
     ),
     path("threads/<int:pk>/visibility/", views.thread_visibility, name="thread_visibility"),
+    path("timeline/<str:kind>/<int:pk>/", views.record_timeline, name="record_timeline"),
     path("attachments/<int:pk>/", views.attachment_download, name="attachment_download"),
     path("blocked/", views.blocked_list, name="blocked_list"),
     path("blocked/<int:pk>/remove/", views.blocked_remove, name="blocked_remove"),

@@ -13,10 +13,11 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_cache_control, patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from crm.params import parse_id, parse_ids
-from crm.records import is_partial_request
+from crm.records import PlainLabels, is_partial_request
 from mailsync.linking import access
 from mailsync.linking.rules import (
     LINKABLE_MODELS,
@@ -32,7 +33,7 @@ from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MessagePa
 from mailsync.models.filenames import display_filename
 from mailsync.sync.threads import normalize_subject
 
-from . import actions, conversation_services, display
+from . import actions, conversation_services, display, inbox_views
 
 # The link form offers at most this many open records of each kind (newest first).
 LINK_CHOICES_LIMIT = 200
@@ -160,6 +161,15 @@ def _mark_read(user, thread: EmailThread, thread_messages: list[EmailMessage]) -
         refresh_mailboxes(elsewhere)
 
 
+def _back_url(request: HttpRequest) -> str:
+    """Where "Back" leads when the thread was opened from a record page (?back=/deals/3/): a path on
+    this site only."""
+    candidate = request.GET.get("back", "")
+    if candidate.startswith("/") and url_has_allowed_host_and_scheme(candidate, allowed_hosts={request.get_host()}):
+        return candidate
+    return ""
+
+
 @require_GET
 def thread_detail(request: HttpRequest, pk: int) -> HttpResponse:
     thread = access.get_thread_for_user(request.user, pk)
@@ -172,6 +182,9 @@ def thread_detail(request: HttpRequest, pk: int) -> HttpResponse:
         return response
     context = _thread_context(request.user, thread, images_shown=_images_shown(request))
     _mark_read(request.user, thread, context["thread_messages"])
+    # After marking read, so that the list beside the thread shows it read.
+    context.update(inbox_views.reading_context(request, thread))
+    context["back_url"] = _back_url(request)
     response = _render(
         request,
         template="mailsync/conversations/thread_detail.html",
@@ -179,7 +192,51 @@ def thread_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context=context,
     )
     response["Content-Security-Policy"] = display.content_security_policy(remote_images=context["remote_images_shown"])
-    response["Referrer-Policy"] = "no-referrer"
+    # No Referer to other sites (remote images once allowed, links in the mail). Not "no-referrer": with it
+    # the browser sends "Origin: null" with the page's own form posts (Archive, Delete...), which Django's
+    # CSRF check refuses.
+    response["Referrer-Policy"] = "same-origin"
+    patch_cache_control(response, private=True, no_store=True)
+    return response
+
+
+@require_GET
+def thread_preview(request: HttpRequest, pk: int) -> HttpResponse:
+    """A conversation expanded in place on a record's timeline (htmx): its messages as plain text, so
+    that no mail markup runs on the record page. Nothing is marked read: the thread page does that."""
+    thread = access.get_thread_for_user(request.user, pk)
+    if not is_partial_request(request):
+        return redirect("mailsync:thread_detail", pk=thread.pk)
+    response = render(
+        request,
+        "mailsync/conversations/_preview.html",
+        {"thread": thread, "thread_messages": access.thread_messages(thread), "back_url": _back_url(request)},
+    )
+    patch_vary_headers(response, ["HX-Request"])
+    patch_cache_control(response, private=True, no_store=True)
+    return response
+
+
+def _offset(request: HttpRequest) -> int:
+    raw = request.GET.get("offset", "0")
+    return int(raw) if raw.isdigit() and len(raw) < 7 else 0
+
+
+@require_GET
+def record_timeline(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
+    """The older conversations of a record's timeline: the next items for htmx ("Older"), a page of
+    its own otherwise. 404 for a record the user may not see."""
+    model = LINKABLE_MODELS.get(kind)
+    if model is None:
+        raise Http404("No such kind of record")
+    record = get_object_or_404(model.objects.visible_to(request.user), pk=pk)
+    threads = access.timeline_for(request.user, **{kind: record}, offset=_offset(request))
+    response = _render(
+        request,
+        template="mailsync/conversations/timeline.html",
+        partial="partials/_timeline_items.html",
+        context={"record": record, "timeline_threads": threads},
+    )
     patch_cache_control(response, private=True, no_store=True)
     return response
 
@@ -308,7 +365,7 @@ def attachment_download(request: HttpRequest, pk: int) -> FileResponse:
 # --- Blocked addresses ---------------------------------------------------------------------------------
 
 
-class BlockForm(forms.Form):
+class BlockForm(PlainLabels, forms.Form):
     pattern = forms.CharField(
         label="Address or domain",
         max_length=320,

@@ -5,6 +5,7 @@ import re
 
 from django import forms
 
+from crm.records import PlainLabels
 from mailsync.accounts import providers
 from mailsync.models import Security
 
@@ -58,7 +59,7 @@ class PasswordField(forms.CharField):
         super().__init__(**kwargs)
 
 
-class AddAccountForm(forms.Form):
+class AddAccountForm(PlainLabels, forms.Form):
     email_address = forms.EmailField(
         label="Email address", max_length=320, widget=forms.EmailInput(attrs={"autocomplete": "email"})
     )
@@ -111,11 +112,11 @@ class AddAccountForm(forms.Form):
         return bool(self.cleaned_data.get("imap_host"))
 
 
-class ReauthForm(forms.Form):
+class ReauthForm(PlainLabels, forms.Form):
     password = PasswordField(label="New password", help_text="Or a new app password if your provider asks for one.")
 
 
-class FolderSelectionForm(forms.Form):
+class FolderSelectionForm(PlainLabels, forms.Form):
     """S2: sync every folder (Junk and Drafts excepted) or only the chosen ones."""
 
     ALL = "all"
@@ -137,7 +138,7 @@ class FolderSelectionForm(forms.Form):
         return data
 
 
-class PastSyncForm(forms.Form):
+class PastSyncForm(PlainLabels, forms.Form):
     """S4: how far back, and whether only mail with CRM contacts is wanted."""
 
     months = forms.TypedChoiceField(
@@ -149,7 +150,7 @@ class PastSyncForm(forms.Form):
     only_contacts = forms.BooleanField(label="Only emails with CRM contacts", required=False)
 
 
-class MailPreferencesForm(forms.Form):
+class MailPreferencesForm(PlainLabels, forms.Form):
     """Per-user preferences; the choices come from MailSettings so the form and the model agree."""
 
     linking_mode = forms.ChoiceField(widget=forms.RadioSelect)

@@ -237,6 +237,29 @@ def filtered_entries(user: User, mailbox: str, filters: InboxFilters) -> QuerySe
     return entries.order_by("-latest_date", "-thread_id")
 
 
+def neighbours(user: User, mailbox: str, filters: InboxFilters, thread_id: int) -> tuple[int | None, int | None]:
+    """The conversations just newer and just older than `thread_id` in the filtered list, in its order
+    (two indexed queries). Measured from the thread's row in `mailbox`, so it works when the thread
+    itself no longer passes the filters (an unread one the user just read); (None, None) without a row."""
+    entry = own_entries(user).filter(mailbox=mailbox, thread_id=thread_id).values("latest_date").first()
+    if entry is None:
+        return None, None
+    date = entry["latest_date"]
+    entries = filtered_entries(user, mailbox, filters).exclude(thread_id=thread_id)
+    newer = (
+        entries.filter(Q(latest_date__gt=date) | Q(latest_date=date, thread_id__gt=thread_id))
+        .order_by("latest_date", "thread_id")
+        .values_list("thread_id", flat=True)
+        .first()
+    )
+    older = (
+        entries.filter(Q(latest_date__lt=date) | Q(latest_date=date, thread_id__lt=thread_id))
+        .values_list("thread_id", flat=True)
+        .first()
+    )
+    return newer, older
+
+
 def _tsquery_terms(words: list[str]) -> list[str]:
     """tsquery terms for the words: each a prefix; a run of CJK characters as its two-character pieces
     (the documents hold every such piece), so "会議" finds "明日の会議について"."""

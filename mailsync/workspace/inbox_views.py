@@ -22,13 +22,18 @@ from django.views.decorators.http import require_GET, require_POST
 
 from crm.params import parse_id
 from crm.records import is_partial_request, live_filter_fields
-from mailsync.models import Mailbox
+from mailsync.models import EmailThread, Mailbox
 
 from . import actions
 from . import inbox as lists  # the view below is called `inbox`
 from .inbox import LINKED, MAILBOXES, UNLINKED, InboxFilters
 
 MAX_QUERY_LENGTH = 200
+# The query-string names of a list's filters: a conversation opened from a list carries them (with
+# `in` for the list and `page`), so the thread page shows the same list beside it and steps through it.
+LIST_PARAMS = ("q", "unread", "account", "folder", "linked", "contact")
+# Where a conversation opened from outside the lists is read: the first of these that holds it.
+READING_ORDER = (Mailbox.INBOX, Mailbox.ARCHIVE, Mailbox.SENT, Mailbox.TRASH)
 URL_NAMES = {
     Mailbox.INBOX: "mailsync:inbox",
     Mailbox.SENT: "mailsync:sent",
@@ -115,6 +120,18 @@ def _page_number(request: HttpRequest) -> int:
     return number if number is not None and 0 < number < 10**6 else 1
 
 
+def _list_params(query: QueryDict, page_number: int) -> list[tuple[str, str]]:
+    params = [(name, query[name]) for name in LIST_PARAMS if query.get(name)]
+    if page_number > 1:
+        params.append(("page", str(page_number)))
+    return params
+
+
+def reading_query(query: QueryDict, mailbox: str, page_number: int = 1) -> str:
+    """The query string of a conversation opened from a list: `in`, the list's filters and page."""
+    return urlencode([("in", mailbox), *_list_params(query, page_number)])
+
+
 def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
     user = request.user
     partial = is_partial_request(request)
@@ -145,6 +162,7 @@ def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
         "actions": [(action, actions.LABELS[action]) for action in actions.allowed_actions(mailbox)],
         "next_url": request.get_full_path(),
         "has_accounts": bool(accounts),
+        "thread_query": reading_query(request.GET, mailbox, page.number),
     }
     if not partial:
         news_query = urlencode({"mailbox": mailbox, "since": lists.news_cursor()})
@@ -155,6 +173,68 @@ def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
     # The same URL answers with a page or a fragment: caches must keep them apart.
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+def reading_context(request: HttpRequest, thread: EmailThread) -> dict:
+    """What the thread page needs to act as the reading pane of the list it was opened from (`?in=`):
+    that list (same filters and page) to show beside it, the previous and next conversations, the
+    list's actions for this thread and where each leads. Empty for a thread that is not the user's
+    own or not in that list (a colleague's shared mail opened from a timeline)."""
+    user = request.user
+    if thread.owner_id != user.pk:
+        return {}
+    in_lists = set(lists.own_entries(user).filter(thread=thread).values_list("mailbox", flat=True))
+    mailbox = request.GET.get("in", "")
+    query = request.GET
+    if mailbox not in in_lists:
+        # Opened from elsewhere (a timeline, a bookmark) or no longer in that list: the list it is in.
+        mailbox = next((key for key in READING_ORDER if key in in_lists), "")
+        query = QueryDict()
+    if not mailbox:
+        return {}
+    form = InboxFilterForm(
+        query,
+        results_url=reverse(URL_NAMES[mailbox]),
+        accounts=lists.account_choices(user),
+        folders=lists.folder_choices(user),
+    )
+    filters = form.filters()
+    page_number = _page_number(request) if query else 1
+    page = lists.inbox_page(user, mailbox, filters, page=page_number)
+    newer, older = lists.neighbours(user, mailbox, filters, thread.pk)
+    on_page = {row.entry.thread_id for row in page.rows}
+
+    def thread_url(thread_id: int | None, step: int) -> str:
+        """A neighbour's URL; one not on this page is on the next (step 1) or previous (-1) page."""
+        if thread_id is None:
+            return ""
+        number = page.number if thread_id in on_page else max(1, page.number + step)
+        return f"{reverse('mailsync:thread_detail', args=[thread_id])}?{reading_query(query, mailbox, number)}"
+
+    list_params = _list_params(query, page.number)
+    list_url = reverse(URL_NAMES[mailbox]) + (f"?{urlencode(list_params)}" if list_params else "")
+    newer_url, older_url = thread_url(newer, -1), thread_url(older, 1)
+    thread_actions = [
+        {
+            "action": action,
+            "label": actions.LABELS[action],
+            # Archiving or deleting moves on to the next conversation; "unread" goes back to the list
+            # (opening the thread again would read it).
+            "next": list_url if action == actions.UNREAD else (older_url or newer_url or list_url),
+        }
+        for action in (actions.ARCHIVE, actions.MOVE_TO_INBOX, actions.DELETE, actions.UNREAD)
+        if action in actions.allowed_actions(mailbox)
+    ]
+    return {
+        "reading_mailbox": mailbox,
+        "reading_label": MAILBOXES[mailbox],
+        "reading_page": page,
+        "reading_query": reading_query(query, mailbox, page.number),
+        "list_url": list_url,
+        "newer_url": newer_url,
+        "older_url": older_url,
+        "thread_actions": thread_actions,
+    }
 
 
 @require_GET

@@ -198,6 +198,13 @@ class Command(BaseCommand):
             ("archive, page 1", reverse("mailsync:archive")),
             ("sent, page 1", reverse("mailsync:sent")),
             ("deal page with its timeline", reverse("deals:deal_detail", args=[big_deal.pk])),
+            (
+                "deal timeline, older conversations (htmx)",
+                f"{reverse('mailsync:record_timeline', args=['deal', big_deal.pk])}?offset=50",
+            ),
+            # The reading pane: a conversation of inbox page 5 with that list beside it, newer / older.
+            ("thread opened from inbox page 5", _thread_in_list(user, "page=5")),
+            (f"thread opened from a search “{SEARCH_WORD}”", _thread_in_list(user, f"q={SEARCH_WORD}")),
             # The open list's poll, with the newest 500 messages counting as arrived since the page.
             ("htmx new-mail poll", f"{reverse('mailsync:inbox_news')}?mailbox=inbox&since={_recent_cursor(500)}"),
         ]
@@ -233,6 +240,19 @@ class Command(BaseCommand):
     def _say(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
+
+
+def _thread_in_list(user: User, query: str) -> str:
+    """The thread page URL of the 10th conversation of that list, as the list links it (?in=inbox&...)."""
+    from urllib.parse import parse_qs
+
+    from mailsync.workspace.inbox import InboxFilters, inbox_page
+
+    params = parse_qs(query)
+    filters = InboxFilters(query=params.get("q", [""])[0])
+    page = inbox_page(user, "inbox", filters, page=int(params.get("page", ["1"])[0]))
+    thread_id = page.rows[min(9, len(page.rows) - 1)].entry.thread_id
+    return f"{reverse('mailsync:thread_detail', args=[thread_id])}?in=inbox&{query}"
 
 
 def _recent_cursor(back: int) -> int:
