@@ -309,7 +309,7 @@ class _ParseWorker:
             self._slots.release()
 
 
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # mailsync/sync/ingest.py -> the project
 
 
 class PendingParse:
