@@ -31,7 +31,7 @@ DESKTOP = {"width": 1400, "height": 900}
 AXE_VERSION = "4.14.1"
 AXE_FILE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 # Patterns whose arguments are one-time tokens sent by email: no page to visit without that email.
-TOKEN_ONLY = {"account_confirm_email", "account_reset_password_from_key"}
+TOKEN_ONLY = {"account_confirm_email", "account_reset_password_from_key", "mailsync:smart_bcc_confirm"}
 DEMO_PASSWORD = "demo-password-123"
 ADMIN_PASSWORD = "admin-password-123"
 
@@ -49,7 +49,7 @@ class Demo:
 @pytest.fixture
 def demo_company(db):
     from crm.models import User
-    from mailsync.models import Attachment, BlockedAddress, EmailAccount, EmailThread, ThreadLink
+    from mailsync.models import Attachment, BlockedAddress, EmailAccount, EmailThread, SmartBccSender, ThreadLink
     from tests.factories import PASSWORD, UserFactory
 
     call_command("seed_demo", stdout=open(os.devnull, "w"))  # noqa: SIM115
@@ -74,6 +74,7 @@ def demo_company(db):
         "attachment": Attachment.objects.filter(message__thread=shared).first(),
         "blocked": blocked,
         "link": shared.links.first(),
+        "sender": SmartBccSender.objects.create(user=demo, address="demo.alias@example.com"),
     }
     return Demo(demo=demo, admin=admin_user, teammate=teammate, objects=objects)
 
@@ -123,6 +124,8 @@ def _arguments(name: str, arguments: list[str], objects: dict) -> dict | None:
                         ("attachment_", "attachment"),
                         ("blocked_", "blocked"),
                         ("record_timeline", "deal"),
+                        ("smart_bcc_resend", "sender"),
+                        ("smart_bcc_remove_sender", "sender"),
                     )
                     if short.startswith(prefix)
                 ),
