@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crm
+# Test processes (pytest-xdist): most tests wait on servers and browsers, so two run well on 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: run test venv lint check bench-sync bench-inbox clean
 
@@ -35,7 +37,7 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(TEST_DATABASE_URL) MAILSYNC_ALLOW_PRIVATE_HOSTS=1 $(BIN)/pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) MAILSYNC_ALLOW_PRIVATE_HOSTS=1 $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## Benchmarks (print figures; not tests). They use their own PostgreSQL database.
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crm_bench
