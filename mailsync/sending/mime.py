@@ -214,4 +214,7 @@ def build(draft: Draft, *, message_id: str, now: datetime) -> bytes:
     for part in draft.attachments:
         maintype, _, subtype = part.content_type.partition("/")
         msg.add_attachment(part.data, maintype, subtype or "octet-stream", filename=part.filename)
+    for part in msg.walk():
+        if part is not msg:
+            del part["MIME-Version"]  # the email package stamps every part it creates; only the top needs it
     return msg.as_bytes(policy=policy.SMTP)
