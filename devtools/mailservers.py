@@ -694,7 +694,9 @@ class _SmtpHandler:
         return "250 OK"
 
     async def handle_DATA(self, smtp, session, envelope):
-        login = session.login_data.decode() if isinstance(session.login_data, bytes) else str(session.login_data)
+        # login_data is set by the built-in mechanisms only; XOAUTH2 (auth_XOAUTH2 below) leaves its login in auth_data.
+        data = session.login_data if session.login_data is not None else session.auth_data
+        login = data.decode() if isinstance(data, bytes) else str(data)
         received = ReceivedMessage(
             mail_from=envelope.mail_from,
             rcpt_tos=list(envelope.rcpt_tos),

@@ -225,3 +225,28 @@ def test_uploads_over_the_provider_limit_are_refused_with_the_reason(alice, acco
     assert response.status_code == 400
     assert "Outlook.com (Hotmail) accepts up to 20 MB" in json.loads(response.content)["error"]
     assert not draft.attachments.exists()
+
+
+def test_send_later_and_discard(alice, account, django_capture_on_commit_callbacks):
+    client = client_for(alice)
+    draft = new_draft(client, to="ann@customer.example")
+    fields = {"to": "ann@customer.example", "subject": "Later", "body_html": "<p>x</p>", "when": "later"}
+    past = client.post(reverse("mailsync:compose_send", args=[draft.pk]), {**fields, "send_at": "2001-01-01T09:00"})
+    assert past.status_code == 422 and "Choose a time in the future." in past.content.decode()
+    response = client.post(reverse("mailsync:compose_send", args=[draft.pk]), {**fields, "send_at": "2099-05-04T09:30"})
+    assert response.status_code == 302
+    draft.refresh_from_db()
+    assert draft.state == OutgoingMessage.State.QUEUED and draft.send_later
+    assert (draft.send_at.year, draft.send_at.month, draft.send_at.day) == (2099, 5, 4)
+    assert "Cancel and edit" in client.get(response["Location"]).content.decode()
+
+    other = new_draft(client)
+    file = services.add_attachment(
+        outgoing=other, upload=SimpleUploadedFile("x.pdf", b"%PDF", content_type="application/pdf")
+    )
+    stored = file.file.name
+    with django_capture_on_commit_callbacks(execute=True):
+        discarded = client.post(reverse("mailsync:compose_discard", args=[other.pk]))
+    assert discarded["Location"] == reverse("mailsync:drafts")
+    assert not OutgoingMessage.objects.filter(pk=other.pk).exists()
+    assert not file.file.storage.exists(stored)

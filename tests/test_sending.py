@@ -23,7 +23,7 @@ from devtools.mailservers import make_message
 from mailsync.linking import access
 from mailsync.models import EmailAccount, EmailMessage, EmailThread, OutgoingMessage, ThreadLink
 from mailsync.protocols import smtp as smtp_protocol
-from mailsync.sending import delivery, mime, selectors, services
+from mailsync.sending import delivery, mime, selectors, services, tasks
 from mailsync.sending.addresses import AddressError, parse_recipients
 from mailsync.sync import engine
 from mailsync.sync.ingest import ingest_raw
@@ -292,6 +292,33 @@ def test_forward_carries_the_attachments(alice, dovecot, mail_user, smtp_server,
     assert sent.state == OutgoingMessage.State.SENT
 
 
+def test_xoauth2_account_sends_and_files_its_copy(alice, dovecot, mail_user, smtp_server, celery_eager):
+    from mailsync.protocols.oauth import OAuthTokens
+
+    account = make_account(alice, mail_user, dovecot, smtp_server, auth_kind="oauth2")
+    account.set_secret(OAuthTokens(provider="google", access_token=mail_user.access_token).to_secret())
+    account.save()
+    sent = send_now(compose(alice))
+    assert sent.state == OutgoingMessage.State.SENT, sent.error_message
+    assert len(received_by(smtp_server, mail_user)) == 1
+    assert sent.sent_copy == OutgoingMessage.SentCopy.APPENDED and len(dovecot.uids(mail_user, "Sent")) == 1
+
+
+def test_sent_copy_waits_for_the_imap_server_and_the_sweep_files_it_once(
+    alice, dovecot, mail_user, smtp_server, closed_port, celery_eager
+):
+    account = make_account(alice, mail_user, dovecot, smtp_server, imap_port=closed_port)
+    sent = send_now(compose(alice))
+    assert sent.state == OutgoingMessage.State.SENT and sent.sent_message_id  # delivered, in the CRM
+    assert sent.sent_copy == OutgoingMessage.SentCopy.PENDING
+    assert sent.pk in delivery.due_ids()
+    EmailAccount.objects.filter(pk=account.pk).update(imap_port=dovecot.imaps_port)
+    assert tasks.send_due_mail() == 1
+    sent.refresh_from_db()
+    assert sent.sent_copy == OutgoingMessage.SentCopy.APPENDED and sent.pk not in delivery.due_ids()
+    assert len(dovecot.uids(mail_user, "Sent")) == 1 and len(received_by(smtp_server, mail_user)) == 1
+
+
 # --- Failures: a clear message, nothing lost -------------------------------------------------------------
 
 
@@ -499,6 +526,11 @@ def test_worker_killed_before_data_sends_once_after_restart(alice, dovecot, mail
     OutgoingMessage.objects.filter(pk=queued.pk).update(
         send_at=timezone.now(), state=OutgoingMessage.State.SENDING, sending_started_at=timezone.now()
     )  # as a worker leaves it when killed right after its claim
+    # Just left: the provider may still be filing it in Sent, so the restart waits rather than send.
+    assert _deliver_after_restart(queued.pk) == OutgoingMessage.State.SENDING
+    assert received_by(smtp_hooks, mail_user) == []
+    OutgoingMessage.objects.filter(pk=queued.pk).update(sending_started_at=timezone.now() - timedelta(minutes=5))
+    assert queued.pk in delivery.due_ids()
     assert _deliver_after_restart(queued.pk) == OutgoingMessage.State.SENT
     assert len(received_by(smtp_hooks, mail_user)) == 1
     assert len(dovecot.uids(mail_user, "Sent")) == 1

@@ -10,7 +10,8 @@
    the Sent folder. Found: it left; nothing is sent. Not found, and the provider files what it sends in
    Sent itself: it never reached the server; it is sent now. Not found elsewhere: nobody can know
    whether the server took it, so it is not sent again by itself: it fails as "delivery uncertain" with
-   Retry (the same bytes and Message-ID). Sent folder unreachable: it waits for the next sweep.
+   Retry (the same bytes and Message-ID). Sent folder unreachable, or the claim younger than
+   FILING_GRACE (the provider may still be filing it): it waits for the next sweep.
 4. Sending: SMTP with password or XOAUTH2 (protocols.smtp); the server's acceptance is written at once
    (`delivered_at`, refused recipients). A classified error fails the message with the reason (and an
    authentication error also marks the account, as a sync would).
@@ -51,6 +52,9 @@ SentCopy = OutgoingMessage.SentCopy
 DELIVERY_LOCK_NAMESPACE = 0x73656E64  # "send"
 # Without advisory locks (SQLite): a message in "sending" for longer than this was left by a dead worker.
 LEASE = timedelta(minutes=10)
+# A provider that files sent mail itself may take a moment to do so: a message left in "sending" more
+# recently than this is not judged by its absence from Sent yet.
+FILING_GRACE = timedelta(minutes=2)
 # The sweep retries a pending Sent copy for this long after sending.
 SENT_COPY_RETRY_WINDOW = timedelta(days=1)
 
@@ -190,6 +194,8 @@ def _recovered(outgoing: OutgoingMessage, *, uncertain: errors.MailError | None 
         _mark_delivered(outgoing, [], sent_copy=SentCopy.FOUND)
         return True
     if _files_sent_mail(outgoing) and uncertain is None:
+        if outgoing.sending_started_at and outgoing.sending_started_at > timezone.now() - FILING_GRACE:
+            return False  # the provider may not have filed it yet: the sweep looks again a little later
         return _send(outgoing)
     _fail(outgoing, uncertain or errors.DeliveryUncertain(protocol="smtp"))
     return False
