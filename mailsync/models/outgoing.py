@@ -13,7 +13,7 @@ from django.db.models import Q
 
 from .accounts import EmailAccount
 from .filenames import display_filename
-from .mail import EmailMessage, EmailThread
+from .mail import EmailMessage
 
 
 class OutgoingMessage(models.Model):
@@ -97,10 +97,6 @@ class OutgoingMessage(models.Model):
 
     def __str__(self) -> str:
         return self.subject or "(no subject)"
-
-    @property
-    def thread(self) -> EmailThread | None:
-        return self.sent_message.thread if self.sent_message_id else None
 
 
 class OutgoingAttachment(models.Model):
