@@ -250,3 +250,24 @@ def test_send_later_and_discard(alice, account, django_capture_on_commit_callbac
     assert discarded["Location"] == reverse("mailsync:drafts")
     assert not OutgoingMessage.objects.filter(pk=other.pk).exists()
     assert not file.file.storage.exists(stored)
+
+
+def test_untouched_drafts_are_not_listed_and_go_after_a_day(alice, account, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from mailsync.sending import cleanup
+
+    client = client_for(alice)
+    untouched = new_draft(client, to="ann@customer.example")  # an address link, then nothing typed
+    typed = new_draft(client)
+    client.post(reverse("mailsync:compose_save", args=[typed.pk]), {"to": "", "subject": "Typed", "body_html": ""})
+    listed = client.get(reverse("mailsync:drafts")).content.decode()
+    assert "Typed" in listed and reverse("mailsync:compose", args=[untouched.pk]) not in listed
+    assert cleanup.discard_untouched_drafts() == 0  # not a day old yet
+    day_ago = timezone.now() - timedelta(days=2)
+    OutgoingMessage.objects.filter(pk__in=[untouched.pk, typed.pk]).update(created_at=day_ago)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert cleanup.discard_untouched_drafts() == 1
+    assert list(OutgoingMessage.objects.values_list("pk", flat=True)) == [typed.pk]

@@ -62,6 +62,8 @@ class OutgoingMessage(models.Model):
     project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     state = models.CharField(max_length=10, choices=State.choices, default=State.DRAFT, db_index=True)
+    # The user saved something in the draft (typed, attached): an untouched one is not listed as a draft.
+    edited = models.BooleanField(default=False)
     # Not sent before this time: the undo window, or "send later".
     send_at = models.DateTimeField(null=True, blank=True)
     send_later = models.BooleanField(default=False)

@@ -9,6 +9,7 @@ Owns: drafts and the outgoing messages (models.outgoing), with
   send later, retry, limits of the provider (size, recipients);
 - `delivery`: the worker side (never twice, never lost: the delivery lock, recovery through the Sent
   folder, the Sent copy exactly once, the CRM's copy ingested at once);
+- `cleanup`: drafts nobody typed in (opened from a link and left) go after a day;
 - `tasks`: send_outgoing and the beat sweep send_due_mail.
 Later: templates, signatures, tracking and bounces.
 

@@ -43,8 +43,16 @@ def get_outgoing_attachment_for_user(user: User, pk: int) -> OutgoingAttachment:
     )
 
 
+def untouched_drafts() -> QuerySet[OutgoingMessage]:
+    """Drafts the user never typed in: a composer opened from a link or a Reply button and left
+    (not listed; cleanup.discard_untouched_drafts deletes them after a day)."""
+    return OutgoingMessage.objects.filter(state=OutgoingMessage.State.DRAFT, edited=False)
+
+
 def drafts_for(user: User) -> QuerySet[OutgoingMessage]:
-    return outgoing_for(user).filter(state=OutgoingMessage.State.DRAFT).order_by("-updated_at", "-pk")
+    return (
+        outgoing_for(user).filter(state=OutgoingMessage.State.DRAFT).filter(edited=True).order_by("-updated_at", "-pk")
+    )
 
 
 def outbox_for(user: User) -> QuerySet[OutgoingMessage]:

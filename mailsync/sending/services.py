@@ -183,6 +183,7 @@ def save_draft(
     locked.to_addresses, locked.cc_addresses, locked.bcc_addresses = to[:10000], cc[:10000], bcc[:10000]
     locked.subject = mime.clean_header_text(subject)[:998]
     locked.body_html = mime.sanitize_body(body_html)
+    locked.edited = True
     locked.save()
     return locked
 
@@ -220,6 +221,9 @@ def add_attachment(*, outgoing: OutgoingMessage, upload: UploadedFile, inline: b
     if inline and content_type not in INLINE_TYPES:
         raise ValidationError("Only PNG, JPEG, GIF or WebP images can be placed in the text; attach other files.")
     _check_total_size(locked, upload.size or 0)
+    if not locked.edited:
+        locked.edited = True
+        locked.save(update_fields=["edited", "updated_at"])
     name = mime.clean_header_text(upload.name or "attachment")[:200] or "attachment"
     return OutgoingAttachment.objects.create(
         message=locked,

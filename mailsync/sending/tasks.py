@@ -7,7 +7,7 @@ from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from . import delivery
+from . import cleanup, delivery
 
 
 @shared_task(name="mailsync.tasks.send_outgoing", ignore_result=True, acks_late=True)
@@ -18,7 +18,9 @@ def send_outgoing(outgoing_id: int) -> str:
 
 @shared_task(name="mailsync.tasks.send_due_mail", ignore_result=True)
 def send_due_mail() -> int:
-    """Beat: hand every due, left-behind or not yet filed message to send_outgoing."""
+    """Beat: hand every due, left-behind or not yet filed message to send_outgoing; drop the drafts nobody
+    typed in."""
+    cleanup.discard_untouched_drafts()
     ids = delivery.due_ids()
     for outgoing_id in ids:
         send_outgoing.delay(outgoing_id)
