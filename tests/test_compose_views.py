@@ -63,7 +63,10 @@ def test_compose_autosave_attach_and_send(alice, account, settings, django_captu
     )
     assert attached.status_code == 200 and attached.json()["name"] == "terms.pdf"
 
-    body = f'<div><b>Bold</b></div><div><img src="http://testserver{image["url"]}"></div><div>مرحبا</div>'
+    body = (
+        f'<div><b>Bold</b></div><div><img src="http://testserver{image["url"]}"></div><div>مرحبا</div>'
+        '<script>alert(1)</script><img src="x" onerror="alert(1)"><a href="javascript:alert(1)">x</a>'
+    )
     saved = client.post(
         reverse("mailsync:compose_save", args=[draft.pk]),
         {"account": account.pk, "to": "ann@customer.example", "subject": "Hello", "body_html": body},
@@ -73,6 +76,7 @@ def test_compose_autosave_attach_and_send(alice, account, settings, django_captu
     inline = OutgoingAttachment.objects.get(message=draft, is_inline=True)
     assert f'src="cid:{inline.content_id}"' in draft.body_html and "testserver" not in draft.body_html
     assert '<div dir="auto">مرحبا</div>' in draft.body_html
+    assert "script" not in draft.body_html and "onerror" not in draft.body_html and "javascript" not in draft.body_html
     # Reopening the draft shows the image from the CRM again, and the attachment.
     reopened = client.get(reverse("mailsync:compose", args=[draft.pk])).content.decode()
     assert image["url"] in reopened and "terms.pdf" in reopened
@@ -271,3 +275,11 @@ def test_untouched_drafts_are_not_listed_and_go_after_a_day(alice, account, djan
     with django_capture_on_commit_callbacks(execute=True):
         assert cleanup.discard_untouched_drafts() == 1
     assert list(OutgoingMessage.objects.values_list("pk", flat=True)) == [typed.pk]
+
+
+def test_compose_without_a_sending_account_says_what_to_do(bob):
+    client = client_for(bob)
+    response = client.get(reverse("mailsync:compose_new"), follow=True)
+    assert response.redirect_chain[-1][0] == reverse("mailsync:settings")
+    assert "Connect a mail account with an outgoing (SMTP) server first" in response.content.decode()
+    assert not OutgoingMessage.objects.exists()
