@@ -228,12 +228,22 @@ MAILSYNC_ENCRYPTION_KEYS = env_list("MAILSYNC_ENCRYPTION_KEYS")
 MAILSYNC_SYNC_INTERVAL = int(os.environ.get("MAILSYNC_SYNC_INTERVAL", "60"))
 # How often an open mail list asks whether new conversations arrived (a small notice offers to show them).
 MAILSYNC_INBOX_POLL_SECONDS = max(1, int(os.environ.get("MAILSYNC_INBOX_POLL_SECONDS", "20")))
+# Sending (mailsync.sending): the seconds during which "Undo" can stop a message that was sent (0 = off),
+# and how often beat looks for mail that is due or was left half-sent by a killed worker.
+MAILSYNC_UNDO_SEND_SECONDS = max(0, int(os.environ.get("MAILSYNC_UNDO_SEND_SECONDS", "10")))
+MAILSYNC_SEND_SWEEP_INTERVAL = max(5, int(os.environ.get("MAILSYNC_SEND_SWEEP_INTERVAL", "30")))
 # Beat (DatabaseScheduler) copies this into the database at start; editable under "Periodic tasks".
 CELERY_BEAT_SCHEDULE = {
     "mailsync-enqueue-due-syncs": {
         "task": "mailsync.tasks.enqueue_due_syncs",
         "schedule": float(MAILSYNC_SYNC_INTERVAL),
         "options": {"expires": float(MAILSYNC_SYNC_INTERVAL)},
+    },
+    # Sends what is due (send later, a task lost with its broker) and recovers mail a killed worker left.
+    "mailsync-send-due-mail": {
+        "task": "mailsync.tasks.send_due_mail",
+        "schedule": float(MAILSYNC_SEND_SWEEP_INTERVAL),
+        "options": {"expires": float(MAILSYNC_SEND_SWEEP_INTERVAL)},
     },
 }
 MAILSYNC_CONNECT_TIMEOUT = float(os.environ.get("MAILSYNC_CONNECT_TIMEOUT", "15"))

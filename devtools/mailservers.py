@@ -81,6 +81,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -686,16 +687,26 @@ class _SmtpHandler:
     def __init__(self, server: SmtpServer):
         self.server = server
 
+    async def handle_RCPT(self, smtp, session, envelope, address, rcpt_options):
+        if address.lower() in self.server.refused_recipients:
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, smtp, session, envelope):
-        login = session.login_data.decode() if isinstance(session.login_data, bytes) else str(session.login_data)
-        self.server.messages.append(
-            ReceivedMessage(
-                mail_from=envelope.mail_from,
-                rcpt_tos=list(envelope.rcpt_tos),
-                data=envelope.original_content or envelope.content,
-                login=login,
-            )
+        # login_data is set by the built-in mechanisms only; XOAUTH2 (auth_XOAUTH2 below) leaves its login in auth_data.
+        data = session.login_data if session.login_data is not None else session.auth_data
+        login = data.decode() if isinstance(data, bytes) else str(data)
+        received = ReceivedMessage(
+            mail_from=envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
+            data=envelope.original_content or envelope.content,
+            login=login,
         )
+        self.server.messages.append(received)
+        if self.server.on_data is not None:
+            # A test's hook: file a Sent copy like Gmail does, or kill the sending worker before it hears "250".
+            self.server.on_data(received)
         return "250 2.0.0 Message accepted for delivery"
 
     async def auth_XOAUTH2(self, smtp, args):
@@ -725,6 +736,9 @@ class SmtpServer:
         self.registry = registry
         self.implicit_tls = implicit_tls
         self.messages: list[ReceivedMessage] = []
+        # Test hooks: addresses refused at RCPT (lower case), and a callback run for each message at DATA.
+        self.refused_recipients: set[str] = set()
+        self.on_data: Callable[[ReceivedMessage], None] | None = None
         self.port = 0
         self._controller = None
 

@@ -75,8 +75,42 @@ def demo_company(db):
         "blocked": blocked,
         "link": shared.links.first(),
         "sender": SmartBccSender.objects.create(user=demo, address="demo.alias@example.com"),
+        **demo_outgoing(demo, shared),
     }
     return Demo(demo=demo, admin=admin_user, teammate=teammate, objects=objects)
+
+
+def demo_outgoing(demo, thread) -> dict:
+    """A reply being written (with an attachment) and a message that failed to send, for the composer,
+    the outgoing message page and the drafts list."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from mailsync.models import OutgoingMessage
+    from mailsync.sending import services
+
+    source = thread.messages.order_by("date").last()
+    draft = services.create_draft(user=demo, kind=OutgoingMessage.Kind.REPLY, source=source)
+    services.save_draft(
+        outgoing=draft,
+        to=draft.to_addresses,
+        cc="",
+        bcc="",
+        subject=draft.subject,
+        body_html="<div>Thanks, we will send the <b>signed order</b> on Monday.</div><div>مع أطيب التحيات</div>",
+    )
+    attachment = services.add_attachment(
+        outgoing=draft,
+        upload=SimpleUploadedFile("Order form 2027 (signed).pdf", b"%PDF-1.4 demo", content_type="application/pdf"),
+    )
+    failed = services.create_draft(user=demo, to="procurement@anvil-industries.example")
+    OutgoingMessage.objects.filter(pk=failed.pk).update(
+        subject="Delivery schedule",
+        state=OutgoingMessage.State.FAILED,
+        error_code="smtp_auth_refused",
+        error_message="The outgoing (SMTP) server refused the login.",
+        error_fix="Check the password. Some providers need SMTP sign-in switched on for the mailbox.",
+    )
+    return {"outgoing": draft, "outgoing_attachment": attachment, "failed_outgoing": failed, "message": source}
 
 
 def demo_lead():
@@ -126,6 +160,10 @@ def _arguments(name: str, arguments: list[str], objects: dict) -> dict | None:
                         ("record_timeline", "deal"),
                         ("smart_bcc_resend", "sender"),
                         ("smart_bcc_remove_sender", "sender"),
+                        ("compose_file", "outgoing_attachment"),
+                        ("compose_reply", "message"),
+                        ("compose", "outgoing"),
+                        ("outgoing_", "outgoing"),
                     )
                     if short.startswith(prefix)
                 ),
@@ -309,6 +347,9 @@ MAIN_PAGES = [
     ("demo", "inbox", lambda o: reverse("mailsync:inbox")),
     ("demo", "sent", lambda o: reverse("mailsync:sent")),
     ("demo", "thread", lambda o: o["thread"].get_absolute_url() + "?in=inbox"),
+    ("demo", "compose", lambda o: reverse("mailsync:compose", args=[o["outgoing"].pk])),
+    ("demo", "drafts", lambda o: reverse("mailsync:drafts")),
+    ("demo", "outgoing-failed", lambda o: reverse("mailsync:outgoing_detail", args=[o["failed_outgoing"].pk])),
     ("demo", "settings", lambda o: reverse("mailsync:settings")),
     ("demo", "add-account", lambda o: reverse("mailsync:account_add")),
     ("admin", "status", lambda o: reverse("mailsync:status")),

@@ -244,11 +244,12 @@ def test_email_link_tag_follows_the_preference(alice, bob):
     # Bob never chose: the default is "open in the CRM".
     html = render_link(bob, "ann@acme.example")
     try:
-        inbox = reverse("mailsync:inbox")
-    except NoReverseMatch:  # the mail workspace lists are not installed (yet): mailto: is the fallback
-        assert 'href="mailto:ann@acme.example"' in html and 'data-link-kind="mailto"' in html
+        compose = reverse("mailsync:compose_new")
+    except NoReverseMatch:  # the mail workspace is not installed: mailto: is the fallback
+        assert 'href="mailto:ann@acme.example"' in html and 'data-link-kind="crm"' not in html
     else:
-        assert f'href="{inbox}?q=ann%40acme.example"' in html and 'data-link-kind="crm"' in html
+        # The CRM's composer with To filled in (W6).
+        assert f'href="{compose}?to=ann%40acme.example"' in html and 'data-link-kind="crm"' in html
 
 
 def test_email_link_tag_reads_the_preference_once_per_request(alice, django_assert_num_queries):

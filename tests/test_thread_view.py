@@ -210,11 +210,12 @@ def test_addresses_follow_the_email_link_preference(alice):
     MailSettings.objects.filter(user=alice).update(email_link_preference=MailSettings.LinkPreference.CRM)
     html = open_thread(alice, thread)[0].content.decode()
     try:
-        inbox = reverse("mailsync:inbox")
-    except NoReverseMatch:  # the mail workspace lists are not installed: mailto: is the fallback
+        compose = reverse("mailsync:compose_new")
+    except NoReverseMatch:  # the mail workspace is not installed: mailto: is the fallback
         assert 'href="mailto:ann@acme.example"' in html
     else:
-        assert f'href="{inbox}?q=ann%40acme.example"' in html
+        # The CRM's composer, To filled in (W6).
+        assert f'href="{compose}?to=ann%40acme.example"' in html
         assert 'href="mailto:ann@acme.example"' not in html
 
 

@@ -44,6 +44,10 @@ class ProviderPreset:
     needs_servers: bool = False  # the user must confirm / type the servers (self-hosted products)
     help_text: str = ""
     help_url: str = ""
+    # Sending (mailsync.sending): the provider's SMTP server files a copy of what it sends in Sent itself
+    # (an APPEND by us would make a second copy); 0 = no recipient limit known beyond the server's own.
+    files_sent_mail: bool = False
+    max_recipients: int = 0
 
     def for_domain(self, domain: str) -> ProviderPreset:
         """The preset with "{domain}" in the hosts filled in."""
@@ -75,6 +79,8 @@ PRESETS: tuple[ProviderPreset, ...] = (
         help_text="Connect with Google, or use an app password (needs two-step verification): "
         "Google Account > Security > 2-Step Verification > App passwords. IMAP must be on in Gmail settings.",
         help_url="https://myaccount.google.com/apppasswords",
+        files_sent_mail=True,
+        max_recipients=100,
     ),
     ProviderPreset(
         key="google_workspace",
@@ -88,6 +94,8 @@ PRESETS: tuple[ProviderPreset, ...] = (
         help_text="Connect with Google, or use an app password if your administrator allows them: "
         "Google Account > Security > 2-Step Verification > App passwords.",
         help_url="https://myaccount.google.com/apppasswords",
+        files_sent_mail=True,
+        max_recipients=100,
     ),
     ProviderPreset(
         key="yahoo",
@@ -135,6 +143,8 @@ PRESETS: tuple[ProviderPreset, ...] = (
         "Your administrator may have to allow IMAP and authenticated SMTP for your mailbox.",
         help_url="https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/pop3-and-imap4/"
         "enable-or-disable-pop3-or-imap4-access",
+        files_sent_mail=True,
+        max_recipients=500,
     ),
     ProviderPreset(
         key="exchange",
@@ -181,6 +191,7 @@ PRESETS: tuple[ProviderPreset, ...] = (
         help_text="Outlook.com accepts only sign-in with Microsoft; passwords and app passwords no longer work "
         "for IMAP.",
         help_url="https://support.microsoft.com/office/pop-imap-and-smtp-settings-for-outlook-com-d088b986-291d-42b8-9564-9c414e2aa040",
+        files_sent_mail=True,
     ),
     ProviderPreset(
         key="icloud",
@@ -195,6 +206,7 @@ PRESETS: tuple[ProviderPreset, ...] = (
         help_text="iCloud requires an app-specific password: appleid.apple.com > Sign-In and Security > "
         "App-Specific Passwords.",
         help_url="https://appleid.apple.com/account/manage",
+        files_sent_mail=True,
     ),
     ProviderPreset(
         key="aol",
@@ -428,6 +440,7 @@ PRESETS: tuple[ProviderPreset, ...] = (
         mx_patterns=("zoho.com", "zohomail.com"),
         help_text="Turn on IMAP access in Zoho Mail settings. " + _APP_PASSWORD_2FA,
         help_url="https://accounts.zoho.com/home#security/app_password",
+        files_sent_mail=True,
     ),
     ProviderPreset(
         key="zoho_eu",
@@ -439,6 +452,7 @@ PRESETS: tuple[ProviderPreset, ...] = (
         mx_patterns=("zoho.eu", "zohomail.eu"),
         help_text="Turn on IMAP access in Zoho Mail settings. " + _APP_PASSWORD_2FA,
         help_url="https://accounts.zoho.eu/home#security/app_password",
+        files_sent_mail=True,
     ),
     ProviderPreset(
         key="custom",

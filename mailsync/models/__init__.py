@@ -12,6 +12,7 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 `accounts` (EmailAccount, AccountAddress, MailFolder), `mail` (EmailThread, EmailMessage, MessageLocation,
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
+`outgoing` (OutgoingMessage, OutgoingAttachment: drafts and mail on its way out),
 `smart_bcc` (SmartBcc*); beside them `crypto` (credentials at rest behind EmailAccount.set_secret /
 get_secret) and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets
 only: writes live in the services of the packages above.
@@ -24,6 +25,7 @@ from .linking import BlockedAddress, ThreadLink
 from .mail import Attachment, EmailMessage, EmailThread, Mailbox, MessageLocation, MessageParticipant, ThreadReference
 from .mailboxes import MailboxEntry, MailboxSearchDocument
 from .outbox import PendingServerAction
+from .outgoing import OutgoingAttachment, OutgoingMessage
 from .preferences import MailSettings
 from .smart_bcc import SmartBccAddress, SmartBccDelivery, SmartBccSender
 
@@ -42,6 +44,8 @@ __all__ = [
     "MailboxSearchDocument",
     "MessageLocation",
     "MessageParticipant",
+    "OutgoingAttachment",
+    "OutgoingMessage",
     "PendingServerAction",
     "Security",
     "SmartBccAddress",

@@ -243,6 +243,44 @@ class SmtpRefused(MailError):
     default_fix = "Check the recipients and the sender address. Details from the server are below."
 
 
+class RecipientsRefused(SmtpRefused):
+    """Every recipient was refused at RCPT: nothing was sent. `refused`: address -> (code, server text)."""
+
+    code = "recipients_refused"
+    default_message = "The outgoing (SMTP) server refused every recipient; nothing was sent."
+    default_fix = "Check the addresses (a typo, or a mailbox that no longer exists), then send again."
+
+    def __init__(self, *args, refused: dict[str, tuple[int, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.refused = refused or {}
+
+
+class MessageTooLarge(MailError):
+    code = "message_too_large"
+    default_message = "The message is larger than the outgoing server accepts."
+    default_fix = "Remove or shrink attachments (or share a link to the file instead), then send again."
+
+
+class TooManyRecipients(MailError):
+    code = "too_many_recipients"
+    default_message = "The message has more recipients than your provider allows in one message."
+    default_fix = "Split the recipients over several messages."
+
+
+class DeliveryUncertain(MailError):
+    """The connection broke after the message was handed over and before the server confirmed it: it may
+    have been delivered. Never re-sent by itself (it would arrive twice)."""
+
+    code = "delivery_uncertain"
+    default_message = (
+        "The connection broke while the server was taking the message: it may or may not have been delivered."
+    )
+    default_fix = (
+        "Look in your mail program's Sent folder or ask a recipient. If it did not arrive, click Retry: "
+        "the same message (same Message-ID) is sent again."
+    )
+
+
 ERROR_CLASSES: tuple[type[MailError], ...] = (
     MailError,
     AuthFailed,
@@ -266,6 +304,10 @@ ERROR_CLASSES: tuple[type[MailError], ...] = (
     SmtpAuthRefused,
     SmtpAuthUnavailable,
     SmtpRefused,
+    RecipientsRefused,
+    MessageTooLarge,
+    TooManyRecipients,
+    DeliveryUncertain,
 )
 
 

@@ -1,7 +1,8 @@
 """SMTP connections for mail accounts: open + secure + log in, with classified errors (errors.py).
 
 `connect(config)` returns a logged-in `smtplib.SMTP` (use it as a context manager); `verify_login(config)`
-only proves that sending would work. Sending itself (MIME, Sent folder, tracking) lives in sending.py.
+only proves that sending would work; `send_message` hands over one message. What is sent (MIME, the
+Sent copy, states) is mailsync.sending's business.
 The TLS policy is the one of imap.py: system CAs + hostname check, plus an admin-trusted CA if set.
 """
 
@@ -169,6 +170,59 @@ def connect(config: SmtpConfig) -> smtplib.SMTP:
         if isinstance(exc, Exception):
             raise _classify(exc, config) from None
         raise
+
+
+def size_limit(client: smtplib.SMTP) -> int:
+    """The server's SIZE limit in bytes (RFC 1870), 0 when it states none."""
+    value = client.esmtp_features.get("size", "") if client.has_extn("size") else ""
+    return int(value) if value.strip().isdigit() else 0
+
+
+def send_message(
+    client: smtplib.SMTP, config: SmtpConfig, *, sender: str, recipients: list[str], data: bytes
+) -> dict[str, tuple[int, str]]:
+    """Send `data` (CRLF MIME bytes) on a logged-in connection. Returns the recipients the server refused
+    while it took the others (address -> (code, text)); raises classified errors:
+    MessageTooLarge (the server's SIZE), RecipientsRefused (all refused: nothing sent), SmtpRefused /
+    ServerError (refused before or at the end of DATA: not sent), DeliveryUncertain (the connection broke
+    after the message was handed over: it may have been delivered)."""
+    limit = size_limit(client)
+    if limit and len(data) > limit:
+        raise errors.MessageTooLarge(
+            f"The message is {len(data) / 1_048_576:.1f} MB; the outgoing server accepts up to "
+            f"{limit / 1_048_576:.1f} MB.",
+            detail=f"{len(data)} > SIZE {limit}",
+            protocol="smtp",
+        )
+    options = [f"SIZE={len(data)}"] if limit or client.has_extn("size") else []
+    try:
+        code, text = client.mail(sender, options)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, text, sender)
+        refused: dict[str, tuple[int, str]] = {}
+        for recipient in recipients:
+            code, text = client.rcpt(recipient)
+            if code not in (250, 251):
+                refused[recipient] = (code, _server_text(None, text, config)[:300])
+        if len(refused) == len(recipients):
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                client.rset()
+            detail = "; ".join(f"{address}: {code} {text}" for address, (code, text) in refused.items())
+            raise errors.RecipientsRefused(detail=detail[:500], refused=refused, protocol="smtp")
+    except errors.MailError:
+        raise
+    except Exception as exc:
+        raise _classify(exc, config) from None
+    try:
+        client.data(data)
+    except smtplib.SMTPDataError as exc:
+        if exc.smtp_code == 552:  # "exceeded storage allocation": the message is too big
+            detail = _server_text(exc.smtp_code, exc.smtp_error, config)
+            raise errors.MessageTooLarge(detail=detail, protocol="smtp") from None
+        raise _classify(exc, config) from None
+    except (smtplib.SMTPServerDisconnected, OSError, EOFError) as exc:
+        raise errors.DeliveryUncertain(detail=_server_text(None, str(exc) or type(exc).__name__, config)) from None
+    return refused
 
 
 def verify_login(config: SmtpConfig) -> None:

@@ -65,6 +65,7 @@ from mailsync.models import (
     MailFolder,
     MessageLocation,
     MessageParticipant,
+    OutgoingMessage,
 )
 
 from . import parse_worker
@@ -556,7 +557,8 @@ def match_identities(
     3. one with the same key stored before fingerprints existed (content_hash ""): taken, and its
        fingerprint recorded;
     4. synced from a folder: one with the same key that has a copy in another folder and none in this
-       one: a copy or a move (servers may add headers to a copy);
+       one: a copy or a move (servers may add headers to a copy); or one sent from the CRM that has no
+       server copy yet (the provider's own Sent copy of it);
     5. else a new message; if the key is taken by another message, it is kept apart (counted).
     Items of the batch are matched to each other the same way."""
     keys = {item.message_key for item in parsed}
@@ -574,6 +576,11 @@ def match_identities(
             MessageLocation.objects.filter(message_id__in=list(by_pk)).values_list("message_id", "folder_id").distinct()
         ):
             by_pk[message_id].folders.add(folder_id)
+    sent_here: set[int] = set()
+    if flags and folder is not None:
+        sent_here = set(
+            OutgoingMessage.objects.filter(sent_message_id__in=list(flags)).values_list("sent_message_id", flat=True)
+        )
     if folder is not None:
         uids = [item.uid for item in fetched]
         by_uid = dict(
@@ -603,6 +610,10 @@ def match_identities(
                 found = legacy.pk
         if found is None and here is not None:
             found = next((stored.pk for stored in group if stored.folders and here not in stored.folders), None)
+        if found is None and here is not None:
+            # Sent from the CRM and stored at once, without a server copy yet: the provider's Sent copy
+            # (which may carry headers of its own) is that message.
+            found = next((stored.pk for stored in group if not stored.folders and stored.pk in sent_here), None)
         if found is None and (key, content_hash) in new_by_identity:
             first = new_by_identity[(key, content_hash)]
             same_as[position] = first

@@ -25,18 +25,26 @@ LEASE_SECONDS = 300
 
 
 @contextlib.contextmanager
+def session_lock(namespace: int, key: int) -> Iterator[bool]:
+    """PostgreSQL only: yield True while this connection holds the advisory lock (namespace, key), False
+    when another session holds it. Freed at the end, or when the holder's connection dies (a killed worker)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [namespace, key])
+        acquired = cursor.fetchone()[0]
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [namespace, key])
+
+
+@contextlib.contextmanager
 def account_lock(account_id: int) -> Iterator[bool]:
     """Yield True when this process holds the account's sync lock, False when another one does."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SYNC_LOCK_NAMESPACE, account_id])
-            acquired = cursor.fetchone()[0]
-        try:
+        with session_lock(SYNC_LOCK_NAMESPACE, account_id) as acquired:
             yield acquired
-        finally:
-            if acquired:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [SYNC_LOCK_NAMESPACE, account_id])
         return
     token = uuid.uuid4().hex
     now = timezone.now()

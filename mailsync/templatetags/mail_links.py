@@ -1,7 +1,8 @@
 """`{% email_link address [label] %}`: an email address as a link that follows the user's preference (W6).
 
-"mailto": the computer's mail program. "crm": the address in the CRM's mail (the inbox searched for it,
-until a composer exists). Load with `{% load mail_links %}`.
+"mailto": the computer's mail program. "crm": the CRM's composer, To filled in (mailsync.workspace, a new
+draft from the user's own account). Load with `{% load mail_links %}`. `{% compose_url record %}`: the
+composer for a record page's "Email" action (To: the record's person; the conversation linked to it).
 """
 
 from urllib.parse import quote, urlencode
@@ -34,10 +35,10 @@ def link_preference(request) -> str:
 
 def _crm_url(address: str) -> str | None:
     try:
-        inbox = reverse("mailsync:inbox")
+        compose = reverse("mailsync:compose_new")
     except NoReverseMatch:  # the mail workspace is not installed: fall back to mailto:
         return None
-    return f"{inbox}?{urlencode({'q': address})}"
+    return f"{compose}?{urlencode({'to': address})}"
 
 
 def email_href(address: str, preference: str) -> str:
@@ -60,3 +61,10 @@ def email_link(context, address: str, label: str = "") -> str:
     return format_html(
         '<a href="{}" class="email-link" data-link-kind="{}"><bdi>{}</bdi></a>', href, kind, label or address
     )
+
+
+@register.simple_tag
+def compose_url(record) -> str:
+    """The composer for a new conversation from this record (person, organization, deal, lead, project)."""
+    kind = record._meta.model_name
+    return f"{reverse('mailsync:compose_new')}?{urlencode({'record': f'{kind}:{record.pk}'})}"

@@ -5,6 +5,8 @@ Owns:
   `inbox_urls`, and the bulk actions (`actions`: read / unread, archive, move to inbox, delete);
 - conversations: `conversation_services` (link / unlink, visibility, blocking, clean-up),
   `conversation_views`, `conversation_urls`, and `display` (sanitised HTML in a sandboxed frame);
+- writing mail: `compose_views`, `compose_urls` (the composer, drafts, the page of a message on its way
+  out with Undo / Retry), calling mailsync.sending;
 - Settings > Email sync and the status page: `settings_views`, `settings_urls`, `forms`, and
   `preferences` (folder choice, past-email sync, "Sync now", linking mode and default sharing).
 

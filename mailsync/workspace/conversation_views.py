@@ -31,6 +31,7 @@ from mailsync.linking.rules import (
 from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant, SmartBccDelivery, ThreadLink
 from mailsync.models.filenames import display_filename
+from mailsync.sending import selectors as sending_selectors
 from mailsync.sync.threads import normalize_subject
 
 from . import actions, conversation_services, display, inbox_views
@@ -182,6 +183,10 @@ def thread_detail(request: HttpRequest, pk: int) -> HttpResponse:
         return response
     context = _thread_context(request.user, thread, images_shown=_images_shown(request))
     _mark_read(request.user, thread, context["thread_messages"])
+    context["can_send"] = sending_selectors.sendable_accounts(request.user).exists()
+    sent_here = sending_selectors.state_of_sent_messages(request.user, [m.pk for m in context["thread_messages"]])
+    for message in context["thread_messages"]:
+        message.outgoing = sent_here.get(message.pk)
     # After marking read, so that the list beside the thread shows it read.
     context.update(inbox_views.reading_context(request, thread))
     context["back_url"] = _back_url(request)

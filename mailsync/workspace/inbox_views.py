@@ -23,6 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from crm.params import parse_id
 from crm.records import is_partial_request, live_filter_fields
 from mailsync.models import EmailThread, Mailbox
+from mailsync.sending import selectors as sending_selectors
 
 from . import actions
 from . import inbox as lists  # the view below is called `inbox`
@@ -165,6 +166,10 @@ def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
         "thread_query": reading_query(request.GET, mailbox, page.number),
     }
     if not partial:
+        context["drafts_count"] = sending_selectors.drafts_for(user).count()
+        if mailbox == Mailbox.SENT:
+            # Mail on its way out or that failed, above what was sent (with Undo / Retry on its page).
+            context["outbox"] = sending_selectors.outbox_for(user).order_by("-updated_at")[:20]
         news_query = urlencode({"mailbox": mailbox, "since": lists.news_cursor()})
         context["news_url"] = f"{reverse('mailsync:inbox_news')}?{news_query}"
         context["poll_seconds"] = settings.MAILSYNC_INBOX_POLL_SECONDS

@@ -88,6 +88,7 @@
       case "e": bulkAction("archive"); return true;
       case "#": bulkAction("delete"); return true;
       case "U": bulkAction("unread"); return true;
+      case "c": return press("[data-compose]");
       case "/": {
         var search = document.querySelector(".inbox-filters input[name=q]");
         if (!search) return false;
@@ -107,6 +108,7 @@
       window.location.assign(back.getAttribute("data-search-url"));
       return true;
     }
+    if ("raf".indexOf(key) !== -1) return press('[data-reply-shortcut="' + key + '"]');
     if ("jkueU#".indexOf(key) === -1) return false;
     return press('.thread-actions [data-shortcut="' + key + '"]');
   }
