@@ -12,9 +12,10 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 `accounts` (EmailAccount, AccountAddress, MailFolder), `mail` (EmailThread, EmailMessage, MessageLocation,
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
-`smart_bcc` (SmartBcc*); beside them `crypto` (credentials at rest behind EmailAccount.set_secret /
-get_secret) and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets
-only: writes live in the services of the packages above.
+`smart_bcc` (SmartBcc*),
+`templates` (EmailTemplate, Signature, SignatureImage); beside them `crypto` (credentials at rest behind
+EmailAccount.set_secret / get_secret) and `filenames` (how an attachment's name may be shown).
+Fields, constraints and QuerySets only: writes live in the services of the packages above.
 May import: `protocols` (the classified error of unreadable credentials), Django and the CRM's models.
 Nothing else of mail sync.
 """
@@ -26,6 +27,7 @@ from .mailboxes import MailboxEntry, MailboxSearchDocument
 from .outbox import PendingServerAction
 from .preferences import MailSettings
 from .smart_bcc import SmartBccAddress, SmartBccDelivery, SmartBccSender
+from .templates import EmailTemplate, Signature, SignatureImage
 
 __all__ = [
     "AccountAddress",
@@ -34,6 +36,7 @@ __all__ = [
     "BlockedAddress",
     "EmailAccount",
     "EmailMessage",
+    "EmailTemplate",
     "EmailThread",
     "MailFolder",
     "MailSettings",
@@ -44,6 +47,8 @@ __all__ = [
     "MessageParticipant",
     "PendingServerAction",
     "Security",
+    "Signature",
+    "SignatureImage",
     "SmartBccAddress",
     "SmartBccDelivery",
     "SmartBccSender",
