@@ -38,10 +38,14 @@
     if (!textarea || !editor || editor.dataset.ready) { return; }
     editor.dataset.ready = "1";
     editor.innerHTML = clean(textarea.value);
+    document.execCommand("defaultParagraphSeparator", false, "p");
     textarea.hidden = true;
     editor.hidden = false;
     toolbar.hidden = false;
     var saved = null;
+    // Kept in step on every change, not only on submit: htmx serialises a boosted form in its own
+    // submit handler, which may run before any other.
+    function sync() { textarea.value = editor.innerHTML; }
 
     function remember() {
       var selection = window.getSelection();
@@ -59,10 +63,11 @@
       restore();
       document.execCommand("insertHTML", false, html);
       remember();
+      sync();
     }
     editor.addEventListener("keyup", remember);
     editor.addEventListener("mouseup", remember);
-    editor.addEventListener("input", remember);
+    editor.addEventListener("input", function () { remember(); sync(); });
     editor.addEventListener("paste", function (event) {
       var html = event.clipboardData && event.clipboardData.getData("text/html");
       if (html) {
@@ -83,11 +88,16 @@
       } else if (command === "direction") {
         var block = blockOf(window.getSelection().anchorNode, editor);
         if (!block) { document.execCommand("formatBlock", false, "p"); block = blockOf(window.getSelection().anchorNode, editor); }
-        if (block) { block.setAttribute("dir", block.getAttribute("dir") === "rtl" ? "auto" : "rtl"); }
+        if (block) {
+          var rtl = block.getAttribute("dir") !== "rtl";
+          block.setAttribute("dir", rtl ? "rtl" : "auto");
+          button.setAttribute("aria-pressed", rtl ? "true" : "false");
+        }
       } else {
         document.execCommand(command, false, null);
       }
       remember();
+      sync();
     });
 
     var upload = toolbar.querySelector("input[data-image-upload]");
@@ -124,7 +134,7 @@
       });
     });
 
-    textarea.form.addEventListener("submit", function () { textarea.value = editor.innerHTML; });
+    textarea.form.addEventListener("submit", sync, true);
   }
 
   function init(root) { (root || document).querySelectorAll("[data-rich-field]").forEach(setup); }
