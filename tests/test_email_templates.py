@@ -327,3 +327,16 @@ def test_the_pages_render_for_a_user_with_and_without_accounts(alice_client, ali
     assert b"Insert a smart field" in form.content and b"Save the signature first" in form.content
     bob_page = client_for(bob).get(reverse("mailsync:email_templates"))
     assert b"by Alice Owner" in bob_page.content and b"Edit</a>" not in bob_page.content
+
+
+def test_a_message_about_to_be_sent_is_filled_for_its_recipients_and_says_what_is_missing(alice, world):
+    filled = smart_fields.fill_message(
+        alice,
+        subject="About {{deal.title}}",
+        body_html="<p>Hi {{person.first_name}}, {{project.title|our project}} {{lead.source}}</p>",
+        recipients=["ann@acme.example"],
+    )
+    assert filled.subject == "About Acme renewal"
+    assert filled.body_html == "<p>Hi Ann, our project {{lead.source}}</p>"
+    assert filled.missing == ("lead.source",)
+    assert "Lead: Source" in smart_fields.missing_fields_message(filled.missing)

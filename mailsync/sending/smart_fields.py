@@ -345,3 +345,37 @@ def sources_for(
         account=account,
         signature=signature,
     )
+
+
+@dataclass(frozen=True)
+class Filled:
+    subject: str
+    body_html: str
+    missing: tuple[str, ...]
+
+
+def fill_message(
+    user: User,
+    *,
+    subject: str,
+    body_html: str,
+    recipients: Sequence[str] = (),
+    record: Model | None = None,
+    account: EmailAccount | None = None,
+) -> Filled:
+    """Fill what can be filled in a message about to be sent (the recipients may have changed since a
+    template was inserted); `missing` lists what still holds the send, by label."""
+    values = values_for(sources_for(user, recipients=recipients, record=record, account=account))
+    filled_subject = render(subject, values, in_html=False)
+    filled_body = render(body_html, values, in_html=True)
+    missing = tuple(dict.fromkeys(filled_subject.missing + filled_body.missing))
+    return Filled(subject=filled_subject.text, body_html=filled_body.text, missing=missing)
+
+
+def missing_fields_message(missing: Iterable[str]) -> str:
+    """What the composer says when a send is held."""
+    labels = ", ".join(label_of(key) for key in missing)
+    return (
+        f"Some smart fields have no value: {labels}. Fill them in, give them a fallback such as "
+        "{{person.first_name|there}}, or delete them."
+    )
