@@ -7,5 +7,6 @@ urlpatterns: list = [
     path("", include("mailsync.workspace.inbox_urls")),
     path("", include("mailsync.workspace.compose_urls")),
     path("", include("mailsync.inbound.urls")),
+    path("", include("mailsync.sending.template_urls")),
     path("", include("mailsync.workspace.settings_urls")),
 ]

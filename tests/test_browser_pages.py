@@ -33,6 +33,10 @@ AXE_FILE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 # Patterns whose arguments are one-time tokens sent by email: no page to visit without that email.
 TOKEN_ONLY = {"account_confirm_email", "account_reset_password_from_key", "mailsync:smart_bcc_confirm"}
 DEMO_PASSWORD = "demo-password-123"
+PNG_PIXEL = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+    b"\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00\x00\x00IEND\xaeB`\x82"
+)
 ADMIN_PASSWORD = "admin-password-123"
 
 
@@ -48,8 +52,20 @@ class Demo:
 
 @pytest.fixture
 def demo_company(db):
+    from django.core.files.base import ContentFile
+
     from crm.models import User
-    from mailsync.models import Attachment, BlockedAddress, EmailAccount, EmailThread, SmartBccSender, ThreadLink
+    from mailsync.models import (
+        Attachment,
+        BlockedAddress,
+        EmailAccount,
+        EmailTemplate,
+        EmailThread,
+        Signature,
+        SignatureImage,
+        SmartBccSender,
+        ThreadLink,
+    )
     from tests.factories import PASSWORD, UserFactory
 
     call_command("seed_demo", stdout=open(os.devnull, "w"))  # noqa: SIM115
@@ -63,6 +79,10 @@ def demo_company(db):
     shared.save(update_fields=["visibility"])
     blocked = BlockedAddress.objects.create(user=demo, pattern="@spam.example")
     deal = shared.links.filter(state=ThreadLink.State.LINKED, deal__isnull=False).get().deal
+    signature = Signature.objects.filter(account__user=demo).order_by("pk").first()
+    image = SignatureImage(signature=signature, content_type="image/png", size=len(PNG_PIXEL))
+    image.file.save("logo.png", ContentFile(PNG_PIXEL), save=False)
+    image.save()
     objects = {
         "person": deal.person,
         "organization": deal.organization,
@@ -76,6 +96,9 @@ def demo_company(db):
         "link": shared.links.first(),
         "sender": SmartBccSender.objects.create(user=demo, address="demo.alias@example.com"),
         **demo_outgoing(demo, shared),
+        "template": EmailTemplate.objects.filter(owner=demo).order_by("pk").first(),
+        "signature": signature,
+        "signature_image": image,
     }
     return Demo(demo=demo, admin=admin_user, teammate=teammate, objects=objects)
 
@@ -164,6 +187,10 @@ def _arguments(name: str, arguments: list[str], objects: dict) -> dict | None:
                         ("compose_reply", "message"),
                         ("compose", "outgoing"),
                         ("outgoing_", "outgoing"),
+                        ("email_template_", "template"),
+                        ("template_fill", "template"),
+                        ("signature_image", "signature_image"),
+                        ("signature_", "signature"),
                     )
                     if short.startswith(prefix)
                 ),
@@ -173,6 +200,8 @@ def _arguments(name: str, arguments: list[str], objects: dict) -> dict | None:
             if record is None:
                 return None
             values["pk"] = record.pk
+        elif argument == "account_pk":
+            values["account_pk"] = objects["account"].pk
         elif argument == "link_pk" and objects.get("link"):
             values["link_pk"] = objects["link"].pk
         elif argument == "kind":
@@ -352,6 +381,9 @@ MAIN_PAGES = [
     ("demo", "outgoing-failed", lambda o: reverse("mailsync:outgoing_detail", args=[o["failed_outgoing"].pk])),
     ("demo", "settings", lambda o: reverse("mailsync:settings")),
     ("demo", "add-account", lambda o: reverse("mailsync:account_add")),
+    ("demo", "templates", lambda o: reverse("mailsync:email_templates")),
+    ("demo", "template-form", lambda o: reverse("mailsync:email_template_edit", args=[o["template"].pk])),
+    ("demo", "signature-form", lambda o: reverse("mailsync:signature_edit", args=[o["signature"].pk])),
     ("admin", "status", lambda o: reverse("mailsync:status")),
     ("anonymous", "login", lambda o: reverse("account_login")),
 ]

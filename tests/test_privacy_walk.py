@@ -33,11 +33,14 @@ from mailsync.models import (
     BlockedAddress,
     EmailAccount,
     EmailMessage,
+    EmailTemplate,
     EmailThread,
     MailFolder,
     MailSettings,
     MessageParticipant,
     PendingServerAction,
+    Signature,
+    SignatureImage,
     ThreadLink,
 )
 from tests.factories import DealFactory, LeadFactory, OrganizationFactory, PersonFactory, ProjectFactory, UserFactory
@@ -125,6 +128,18 @@ def world(db):
     BlockedAddress.objects.create(pk=WALK_PK, user=alice, pattern="@spam.example")
     MailSettings.objects.create(pk=WALK_PK, user=alice)
     PendingServerAction.objects.create(pk=WALK_PK, account=account, action="read", message_ids=[WALK_PK])
+    # Her private template and her signature with its image (issue 13): her own writing, like her mail.
+    EmailTemplate.objects.create(
+        pk=WALK_PK, owner=alice, name=f"Template {MAIL_MARKER}", subject=f"Offer {MAIL_MARKER}",
+        body_html=f"<p>Template body {MAIL_MARKER}</p>", visibility=Visibility.OWNER,
+    )  # fmt: skip
+    signature = Signature.objects.create(
+        pk=WALK_PK, account=account, name=f"Signature {MAIL_MARKER}", body_html=f"<p>{MAIL_MARKER}</p>",
+        is_default_for_new=True,
+    )  # fmt: skip
+    image = SignatureImage(pk=WALK_PK, signature=signature, content_type="image/png", size=9)
+    image.file.save("logo.png", ContentFile(f"PNG {MAIL_MARKER}".encode()), save=False)
+    image.save()
     refresh_mailboxes([message.pk])  # the list row and its search document, as the sync writes them
 
     bob = UserFactory(email="bob@company.test", first_name="Bob", last_name="Teammate", team=sales)
@@ -303,6 +318,9 @@ def alice_state(world) -> tuple:
         list(BlockedAddress.objects.filter(user=alice).values_list("pattern", flat=True)),
         list(MailSettings.objects.filter(user=alice).values_list("linking_mode", "default_visibility")),
         PendingServerAction.objects.filter(account=account).count(),
+        list(EmailTemplate.objects.filter(owner=alice).values_list("pk", "name", "subject", "body_html", "visibility")),
+        list(Signature.objects.filter(account=account).values_list("pk", "name", "body_html", "is_default_for_new")),
+        list(SignatureImage.objects.values_list("pk", "file")),
         list(User.objects.filter(pk=alice.pk).values_list("password", "is_active", "is_staff", "email", "team")),
     )
 

@@ -13,9 +13,10 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
 `outgoing` (OutgoingMessage, OutgoingAttachment: drafts and mail on its way out),
-`smart_bcc` (SmartBcc*); beside them `crypto` (credentials at rest behind EmailAccount.set_secret /
-get_secret) and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets
-only: writes live in the services of the packages above.
+`smart_bcc` (SmartBcc*), `templates` (EmailTemplate, Signature, SignatureImage); beside them `crypto`
+(credentials at rest behind EmailAccount.set_secret / get_secret) and `filenames` (how an attachment's
+name may be shown). Fields, constraints and QuerySets only: writes live in the services of the packages
+above.
 May import: `protocols` (the classified error of unreadable credentials), Django and the CRM's models.
 Nothing else of mail sync.
 """
@@ -28,6 +29,7 @@ from .outbox import PendingServerAction
 from .outgoing import OutgoingAttachment, OutgoingMessage
 from .preferences import MailSettings
 from .smart_bcc import SmartBccAddress, SmartBccDelivery, SmartBccSender
+from .templates import EmailTemplate, Signature, SignatureImage
 
 __all__ = [
     "AccountAddress",
@@ -36,6 +38,7 @@ __all__ = [
     "BlockedAddress",
     "EmailAccount",
     "EmailMessage",
+    "EmailTemplate",
     "EmailThread",
     "MailFolder",
     "MailSettings",
@@ -48,6 +51,8 @@ __all__ = [
     "OutgoingMessage",
     "PendingServerAction",
     "Security",
+    "Signature",
+    "SignatureImage",
     "SmartBccAddress",
     "SmartBccDelivery",
     "SmartBccSender",

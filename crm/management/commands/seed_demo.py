@@ -9,11 +9,11 @@ from django.db import transaction
 
 from contacts.models import Organization, OrganizationDomain, Person, PersonEmail
 from crm.demo_mail import sample_messages
-from crm.models import Team, User
+from crm.models import Team, User, Visibility
 from deals.models import Deal, Pipeline, Stage
 from leads.models import Lead
 from mailsync.linking.rules import link_threads
-from mailsync.models import EmailAccount
+from mailsync.models import EmailAccount, EmailTemplate, Signature
 from mailsync.sync.ingest import ingest_raw
 from projects.models import Project
 
@@ -97,6 +97,7 @@ class Command(BaseCommand):
             defaults={"owner": demo, "person": people["Wile"], "organization": people["Wile"].organization},
         )
         self._sample_mailbox(demo)
+        self._templates(demo)
         self.stdout.write(self.style.SUCCESS("Demo data ready."))
 
     def _sample_mailbox(self, user: User) -> None:
@@ -124,6 +125,47 @@ class Command(BaseCommand):
         thread_ids = set(ingest_raw(account, sent, flags=("\\Seen",)).thread_ids)
         thread_ids |= set(ingest_raw(account, received).thread_ids)
         link_threads(sorted(thread_ids))
+
+    def _templates(self, user: User) -> None:
+        """Two email templates with smart fields and a signature on the sample account (issue 13)."""
+        EmailTemplate.objects.get_or_create(
+            owner=user,
+            name="Follow-up after a call",
+            defaults={
+                "visibility": Visibility.COMPANY,
+                "subject": "Next steps for {{deal.title}}",
+                "body_html": (
+                    '<p dir="auto">Hi {{person.first_name|there}},</p>'
+                    '<p dir="auto">Thanks for your time today. As promised, here is a summary of what we discussed '
+                    "about <b>{{deal.title}}</b> ({{deal.value}}).</p>"
+                    '<p dir="auto">Could {{organization.name|your team}} get back to me by Friday?</p>'
+                ),
+            },
+        )
+        EmailTemplate.objects.get_or_create(
+            owner=user,
+            name="Proposal sent",
+            defaults={
+                "visibility": Visibility.OWNER,
+                "subject": "Our proposal for {{organization.name}}",
+                "body_html": (
+                    '<p dir="auto">Dear {{person.full_name}},</p><p dir="auto">Please find our proposal attached.</p>'
+                ),
+            },
+        )
+        account = EmailAccount.objects.filter(user=user, email_address=user.email).first()
+        if account is not None:
+            Signature.objects.get_or_create(
+                account=account,
+                name="Full",
+                defaults={
+                    "body_html": (
+                        '<p dir="auto">{{sender.full_name}}<br>Account executive, Example Corp<br>{{sender.email}}</p>'
+                    ),
+                    "is_default_for_new": True,
+                    "is_default_for_replies": True,
+                },
+            )
 
     def _user(self, email, password, *, first_name, last_name, team, role, staff=False) -> User:
         user = User.objects.filter(email=email).first()
