@@ -53,7 +53,7 @@ def test_add_account_wrong_password_then_right_one(page, alice, dovecot, smtp_se
     page.wait_for_url("**/mail/settings/")
     row = page.locator("tr.account-row", has_text=mail_user.address)
     row.wait_for()
-    assert "Syncing" in row.inner_text()  # connected, and the (eager) initial sync of the empty mailbox ran
+    assert "Up to date" in row.inner_text()  # connected, and the (eager) initial sync of the empty mailbox ran
     assert mail_user.password not in page.content()
 
     row.locator("button:has-text('Test connection')").click()  # htmx swaps the row in place

@@ -8,6 +8,7 @@ from . import settings_views as views
 urlpatterns = [
     # Settings > Email sync: mail accounts
     path("settings/", views.settings_page, name="settings"),
+    path("settings/accounts/status/", views.account_list_status, name="account_list_status"),
     path("settings/accounts/add/", views.account_add, name="account_add"),
     path("settings/accounts/provider-hint/", views.provider_hint, name="provider_hint"),
     path("settings/accounts/<int:pk>/test/", views.account_test, name="account_test"),

@@ -58,6 +58,8 @@ class PastSyncProgress:
     percent: int
     polling: bool
     waiting_for_account: bool
+    # The initial sync is still running: the section refreshes itself so that the form appears when it ends.
+    waiting_for_initial_sync: bool = False
 
 
 def past_sync_progress(account: EmailAccount) -> PastSyncProgress:
@@ -79,6 +81,7 @@ def past_sync_progress(account: EmailAccount) -> PastSyncProgress:
         percent=percent,
         polling=in_progress and account_can_sync,
         waiting_for_account=in_progress and not account_can_sync,
+        waiting_for_initial_sync=account.initial_sync_done_at is None and account_can_sync,
     )
 
 
@@ -123,11 +126,16 @@ def _settings_context(request: HttpRequest, *, preferences_form=None, forms_of=N
         "accounts": accounts,
         "oauth_providers": _oauth_status(),
         "development_key": crypto.using_development_key(),
-        "polling": any(a.state == State.CONNECTING for a in accounts),
+        "polling": _any_syncing(accounts),
         "preferences_form": preferences_form or _preferences_form(request.user),
         "blocked_addresses": BlockedAddress.objects.filter(user=request.user),
         "block_form": BlockForm(),
     }
+
+
+def _any_syncing(accounts: list[EmailAccount]) -> bool:
+    """While an account connects, runs its initial sync or fetches past emails, its list refreshes itself."""
+    return any(account.health.status == health.SYNCING for account in accounts)
 
 
 @require_GET
@@ -136,6 +144,19 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     if _is_partial(request):
         return render(request, "mailsync/accounts/_account_list.html", context)
     return render(request, "mailsync/accounts/settings.html", context)
+
+
+@require_GET
+def account_list_status(request: HttpRequest) -> HttpResponse:
+    """The account list alone (one state per account), polled by htmx every few seconds while an account
+    syncs; a plain GET goes to the settings page."""
+    if not _is_partial(request):
+        return redirect("mailsync:settings")
+    now = timezone.now()
+    accounts = [_decorate(account, now) for account in selectors.accounts_for_user(request.user)]
+    return render(
+        request, "mailsync/accounts/_account_list.html", {"accounts": accounts, "polling": _any_syncing(accounts)}
+    )
 
 
 def _action_done(request: HttpRequest, account: EmailAccount, notice: str, *, failed: bool = False) -> HttpResponse:
