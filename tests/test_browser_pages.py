@@ -75,8 +75,23 @@ def demo_company(db):
         "blocked": blocked,
         "link": shared.links.first(),
         "sender": SmartBccSender.objects.create(user=demo, address="demo.alias@example.com"),
+        "certificate": demo_certificate(admin_user),
     }
     return Demo(demo=demo, admin=admin_user, teammate=teammate, objects=objects)
+
+
+def demo_certificate(admin_user):
+    """A company CA on the admin's trusted certificate authorities page."""
+    import tempfile
+
+    from devtools.mailservers import TestCA
+    from mailsync.accounts import certificates
+
+    with tempfile.TemporaryDirectory() as directory:
+        pem = TestCA(Path(directory)).ca_pem
+    return certificates.add_trusted_certificate(
+        admin=admin_user, name="Demo company CA", pem=pem, hosts="mail.example.com *.corp.example.com"
+    )
 
 
 def demo_lead():
@@ -126,6 +141,7 @@ def _arguments(name: str, arguments: list[str], objects: dict) -> dict | None:
                         ("record_timeline", "deal"),
                         ("smart_bcc_resend", "sender"),
                         ("smart_bcc_remove_sender", "sender"),
+                        ("trusted_certificate", "certificate"),
                     )
                     if short.startswith(prefix)
                 ),
@@ -312,6 +328,7 @@ MAIN_PAGES = [
     ("demo", "settings", lambda o: reverse("mailsync:settings")),
     ("demo", "add-account", lambda o: reverse("mailsync:account_add")),
     ("admin", "status", lambda o: reverse("mailsync:status")),
+    ("admin", "certificates", lambda o: reverse("mailsync:trusted_certificates")),
     ("anonymous", "login", lambda o: reverse("account_login")),
 ]
 

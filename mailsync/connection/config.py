@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from mailsync.models import AuthKind, EmailAccount
+from mailsync.models import AuthKind, EmailAccount, TrustedCertificate
 from mailsync.protocols import errors, hosts, imap, oauth, smtp
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,39 @@ def deployment_trusted_ca_pem() -> str:
         return ""
 
 
-def trusted_ca_for(account_ca_pem: str = "") -> str:
-    return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), account_ca_pem) if pem.strip())
+def trusted_ca_for(extra_pem: str = "") -> str:
+    return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), extra_pem) if pem.strip())
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """ "mail.acme.test" matches itself; "*.acme.test" matches one level below (as TLS wildcards do)."""
+    host = host.strip().lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = host.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return host == pattern
+
+
+def matching_certificates(hosts: list[str]) -> list[TrustedCertificate]:
+    """The company's trusted CAs (mailsync.accounts.certificates) listed for any of these server names."""
+    wanted = [host for host in hosts if host]
+    return [
+        certificate
+        for certificate in TrustedCertificate.objects.all()
+        if any(host_matches(pattern, host) for pattern in certificate.host_list for host in wanted)
+    ]
+
+
+def company_ca_pem_for_hosts(hosts: list[str]) -> str:
+    """The PEMs of the company CAs that apply to a connection test the owner starts now."""
+    return "\n".join(certificate.pem.strip() for certificate in matching_certificates(hosts))
+
+
+def account_ca_pem(account: EmailAccount) -> str:
+    """What a saved account trusts beyond the system CAs: its own CA (set by support staff) and the company
+    CAs its owner accepted by entering the password while they were in effect."""
+    accepted = [certificate.pem.strip() for certificate in account.accepted_certificates.all()]
+    return "\n".join(pem for pem in (account.trusted_ca_pem.strip(), *accepted) if pem)
 
 
 def mail_host_resolver() -> hosts.Resolver:
@@ -145,14 +176,19 @@ def store_secret(*, account: EmailAccount, secret: str) -> None:
 
 def account_imap_config(account: EmailAccount) -> imap.ImapConfig:
     """The IMAP config of a saved account, for the sync engine (may refresh the OAuth2 token)."""
-    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
+    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account_ca_pem(account))
 
 
 def account_smtp_config(account: EmailAccount) -> smtp.SmtpConfig:
-    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
+    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account_ca_pem(account))
 
 
 def check_account(account: EmailAccount, *, secret: str | None = None) -> None:
-    """Test a saved account with its stored credentials (or `secret`). Raises errors.MailError."""
-    secret = current_secret(account) if secret is None else secret
-    check_connection(account_settings=settings_of(account), secret=secret, trusted_ca_pem=account.trusted_ca_pem)
+    """Test a saved account with its stored credentials, or with a `secret` its owner has just typed: only
+    then do the company CAs of its servers apply that it has not accepted yet. Raises errors.MailError."""
+    if secret is None:
+        secret, trusted = current_secret(account), account_ca_pem(account)
+    else:
+        company = company_ca_pem_for_hosts([account.imap_host, account.smtp_host])
+        trusted = "\n".join(pem for pem in (account.trusted_ca_pem.strip(), company) if pem)
+    check_connection(account_settings=settings_of(account), secret=secret, trusted_ca_pem=trusted)

@@ -12,7 +12,8 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 `accounts` (EmailAccount, AccountAddress, MailFolder), `mail` (EmailThread, EmailMessage, MessageLocation,
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
-`smart_bcc` (SmartBcc*); beside them `crypto` (credentials at rest behind EmailAccount.set_secret /
+`smart_bcc` (SmartBcc*),
+`certificates` (TrustedCertificate); beside them `crypto` (credentials at rest behind EmailAccount.set_secret /
 get_secret) and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets
 only: writes live in the services of the packages above.
 May import: `protocols` (the classified error of unreadable credentials), Django and the CRM's models.
@@ -20,6 +21,7 @@ Nothing else of mail sync.
 """
 
 from .accounts import AccountAddress, AuthKind, EmailAccount, MailFolder, Security
+from .certificates import TrustedCertificate
 from .linking import BlockedAddress, ThreadLink
 from .mail import Attachment, EmailMessage, EmailThread, Mailbox, MessageLocation, MessageParticipant, ThreadReference
 from .mailboxes import MailboxEntry, MailboxSearchDocument
@@ -49,4 +51,5 @@ __all__ = [
     "SmartBccSender",
     "ThreadLink",
     "ThreadReference",
+    "TrustedCertificate",
 ]
