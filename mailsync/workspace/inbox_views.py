@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.cache import patch_vary_headers
+from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
@@ -274,8 +274,9 @@ def trash(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def inbox_news(request: HttpRequest) -> HttpResponse:
-    """The open list's question "anything new?" (htmx poll): a notice with a link that shows the new
-    conversations, or nothing. Counts only the user's own visible mail."""
+    """The open list's question "anything new?" (htmx poll, every MAILSYNC_INBOX_POLL_SECONDS): a notice
+    with a link that shows the new conversations, or 204 No Content (htmx swaps nothing). One indexed
+    query on the messages stored since the page was rendered; counts only the user's own visible mail."""
     mailbox = request.GET.get("mailbox", "")
     since = parse_id(request.GET.get("since", ""))
     if mailbox not in MAILBOXES or since is None:
@@ -283,6 +284,11 @@ def inbox_news(request: HttpRequest) -> HttpResponse:
     if not is_partial_request(request):
         return redirect(URL_NAMES[mailbox])
     count = lists.new_conversations(request.user, mailbox, since)
+    if not count:
+        # The usual answer, every few seconds per open list: no body, nothing to render or swap.
+        response = HttpResponse(status=204)
+        patch_cache_control(response, private=True, no_store=True)
+        return response
     show_url = reverse(URL_NAMES[mailbox])
     current = urlsplit(getattr(request.htmx, "current_url_abs_path", None) or "")
     if current.path == show_url:  # the list as the user sees it (same filters), from its first page
