@@ -75,7 +75,7 @@ def test_a_ca_added_later_never_applies_to_a_stored_password(alice, admin_user, 
         admin=admin_user, name="Acme CA", pem=test_ca.ca_pem, hosts="*.acme.test"
     )
     # The stored password still goes only to servers with a public certificate: the CA is not in effect.
-    assert connection_config.account_ca_pem(account) == ""
+    assert connection_config.account_ca_pem(account, "mail.acme.test") == ""
     assert test_ca.ca_pem.strip() not in connection_config.account_imap_config(account).trusted_ca_pem
     # The owner types the password again (re-authenticate / add again): from then on it is.
     certificates.accept_certificates_for(account=account)
@@ -85,7 +85,20 @@ def test_a_ca_added_later_never_applies_to_a_stored_password(alice, admin_user, 
     assert not other.accepted_certificates.exists()  # another server: not covered by *.acme.test
     # Removing it stops its use at once.
     certificates.remove_trusted_certificate(admin=admin_user, certificate=certificate)
-    assert connection_config.account_ca_pem(account) == ""
+    assert connection_config.account_ca_pem(account, "mail.acme.test") == ""
+
+
+def test_an_accepted_ca_is_trusted_only_for_the_servers_it_lists(alice, admin_user, test_ca):
+    """A CA listed for the company's IMAP server never vouches for the account's SMTP server elsewhere
+    (smtp.gmail.com here): its holder could otherwise read the password sent there."""
+    account = make_account(alice)
+    account.smtp_host = "smtp.gmail.com"
+    account.save(update_fields=["smtp_host"])
+    certificates.add_trusted_certificate(admin=admin_user, name="Acme CA", pem=test_ca.ca_pem, hosts="mail.acme.test")
+    certificates.accept_certificates_for(account=account)
+    assert account.accepted_certificates.count() == 1
+    assert test_ca.ca_pem.strip() in connection_config.account_imap_config(account).trusted_ca_pem
+    assert test_ca.ca_pem.strip() not in connection_config.account_smtp_config(account).trusted_ca_pem
 
 
 def test_host_patterns_match_like_tls_wildcards():

@@ -7,7 +7,9 @@ Rules that keep a password where its owner sent it (issue 10's rule for staff ch
   listed: their certificates are public and a private CA for them could only serve to intercept;
 - an account uses a company CA only once its owner has entered the password with that CA in effect
   (adding the account, or re-authenticating with a new password): `accepted_certificates`. A CA added
-  later never applies to a password already stored; removing a CA stops its use at once.
+  later never applies to a password already stored; removing a CA stops its use at once. Even then a CA
+  vouches only for the servers it lists: one listed for the company's IMAP server is not trusted for an
+  SMTP server elsewhere (mailsync.connection.config.ca_pem_for_host).
 - the PEM must be one or more certificates (never a private key), currently valid and loadable for TLS.
 """
 

@@ -12,6 +12,7 @@ them needs another to know how an account connects. Network I/O here never runs 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,16 +78,21 @@ def matching_certificates(hosts: list[str]) -> list[TrustedCertificate]:
     ]
 
 
-def company_ca_pem_for_hosts(hosts: list[str]) -> str:
-    """The PEMs of the company CAs that apply to a connection test the owner starts now."""
-    return "\n".join(certificate.pem.strip() for certificate in matching_certificates(hosts))
+def ca_pem_for_host(host: str, *, own_pem: str = "", certificates: Iterable[TrustedCertificate] = ()) -> str:
+    """What one connection trusts beyond the system CAs: `own_pem` (an account's CA set by support staff)
+    and those of the company CAs that are listed for this very server (never for another one)."""
+    company = [
+        certificate.pem.strip()
+        for certificate in certificates
+        if any(host_matches(pattern, host) for pattern in certificate.host_list)
+    ]
+    return "\n".join(pem for pem in (own_pem.strip(), *company) if pem)
 
 
-def account_ca_pem(account: EmailAccount) -> str:
-    """What a saved account trusts beyond the system CAs: its own CA (set by support staff) and the company
-    CAs its owner accepted by entering the password while they were in effect."""
-    accepted = [certificate.pem.strip() for certificate in account.accepted_certificates.all()]
-    return "\n".join(pem for pem in (account.trusted_ca_pem.strip(), *accepted) if pem)
+def account_ca_pem(account: EmailAccount, host: str) -> str:
+    """For a saved account's connection to `host`: its own CA and the company CAs its owner accepted (by
+    entering the password while they were in effect) that are listed for `host`."""
+    return ca_pem_for_host(host, own_pem=account.trusted_ca_pem, certificates=account.accepted_certificates.all())
 
 
 def mail_host_resolver() -> hosts.Resolver:
@@ -127,12 +133,22 @@ def smtp_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pe
     )
 
 
-def check_connection(*, account_settings: AccountSettings, secret: str, trusted_ca_pem: str = "") -> None:
-    """Log in over IMAP (and list the folders), then over SMTP. Raises a classified errors.MailError."""
-    with imap.connect(imap_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem)) as session:
+def check_connection(
+    *,
+    account_settings: AccountSettings,
+    secret: str,
+    trusted_ca_pem: str = "",
+    certificates: Iterable[TrustedCertificate] = (),
+) -> None:
+    """Log in over IMAP (and list the folders), then over SMTP. Raises a classified errors.MailError.
+    `certificates`: company CAs in effect, each used only for the servers it is listed for."""
+    certificates = list(certificates)
+    imap_ca = ca_pem_for_host(account_settings.imap_host, own_pem=trusted_ca_pem, certificates=certificates)
+    with imap.connect(imap_config(account_settings, secret=secret, trusted_ca_pem=imap_ca)) as session:
         session.list_folders()
     if account_settings.smtp_host:
-        smtp.verify_login(smtp_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem))
+        smtp_ca = ca_pem_for_host(account_settings.smtp_host, own_pem=trusted_ca_pem, certificates=certificates)
+        smtp.verify_login(smtp_config(account_settings, secret=secret, trusted_ca_pem=smtp_ca))
 
 
 def settings_of(account: EmailAccount) -> AccountSettings:
@@ -176,19 +192,25 @@ def store_secret(*, account: EmailAccount, secret: str) -> None:
 
 def account_imap_config(account: EmailAccount) -> imap.ImapConfig:
     """The IMAP config of a saved account, for the sync engine (may refresh the OAuth2 token)."""
-    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account_ca_pem(account))
+    trusted = account_ca_pem(account, account.imap_host)
+    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=trusted)
 
 
 def account_smtp_config(account: EmailAccount) -> smtp.SmtpConfig:
-    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account_ca_pem(account))
+    trusted = account_ca_pem(account, account.smtp_host)
+    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=trusted)
 
 
 def check_account(account: EmailAccount, *, secret: str | None = None) -> None:
     """Test a saved account with its stored credentials, or with a `secret` its owner has just typed: only
     then do the company CAs of its servers apply that it has not accepted yet. Raises errors.MailError."""
     if secret is None:
-        secret, trusted = current_secret(account), account_ca_pem(account)
+        secret, certificates = current_secret(account), list(account.accepted_certificates.all())
     else:
-        company = company_ca_pem_for_hosts([account.imap_host, account.smtp_host])
-        trusted = "\n".join(pem for pem in (account.trusted_ca_pem.strip(), company) if pem)
-    check_connection(account_settings=settings_of(account), secret=secret, trusted_ca_pem=trusted)
+        certificates = matching_certificates([account.imap_host, account.smtp_host])
+    check_connection(
+        account_settings=settings_of(account),
+        secret=secret,
+        trusted_ca_pem=account.trusted_ca_pem,
+        certificates=certificates,
+    )

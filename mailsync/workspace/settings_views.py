@@ -394,7 +394,8 @@ def account_add(request: HttpRequest) -> HttpResponse:
                 account_settings = resolution.account_settings
                 existing = selectors.find_account(request.user, form.cleaned_data["email_address"])
                 secret = form.cleaned_data["password"]
-                company_ca = connection_config.company_ca_pem_for_hosts(
+                # The company's CAs of these servers: the owner types the password with them in effect.
+                company_cas = connection_config.matching_certificates(
                     [account_settings.imap_host, account_settings.smtp_host]
                 )
                 try:
@@ -402,9 +403,8 @@ def account_add(request: HttpRequest) -> HttpResponse:
                     connection_config.check_connection(
                         account_settings=account_settings,
                         secret=secret,
-                        trusted_ca_pem="\n".join(
-                            filter(None, [existing.trusted_ca_pem if existing else "", company_ca])
-                        ),
+                        trusted_ca_pem=existing.trusted_ca_pem if existing else "",
+                        certificates=company_cas,
                     )
                 except errors.MailError as error:
                     connection_error = error
