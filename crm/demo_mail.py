@@ -25,6 +25,7 @@ def _message(
     references: tuple[str, ...] = (),
     html: str = "",
     attachment: tuple[str, str, bytes] | None = None,
+    extra_headers: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
     message = EmailMessage()
     message["From"] = sender
@@ -35,6 +36,8 @@ def _message(
     if reply_to_id:
         message["In-Reply-To"] = reply_to_id
         message["References"] = " ".join((*references, reply_to_id))
+    for name, value in extra_headers:
+        message[name] = value
     message.set_content(text)
     if html:
         message.add_alternative(html, subtype="html")
@@ -134,5 +137,7 @@ def sample_messages(owner: str) -> list[bytes]:
             text="Our weekly roundup of the anvil market.",
             hours_ago=4,
             message_id=ids[8],
+            # A newsletter: listed in Bulk, not the Inbox.
+            extra_headers=(("List-Unsubscribe", "<https://newsletters.example/unsubscribe>"),),
         ),
     ]

@@ -88,11 +88,15 @@ def test_filter_search_and_bulk_archive(page, alice):
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_an_open_inbox_offers_mail_that_arrives_meanwhile(page, alice, settings):
+    """With the default poll (issue 17, point 10): on screen within 5 s of being stored (the IDLE watcher
+    stores new mail ~0.7 s after it arrives; its own latency is the watcher's tests' business)."""
+    import time
+
     from playwright.sync_api import expect
 
     from tests.test_inbox import settle, thread_in
 
-    settings.MAILSYNC_INBOX_POLL_SECONDS = 1
+    assert settings.MAILSYNC_INBOX_POLL_SECONDS <= 3
     thread_in(alice, "inbox", subject="Already here")
     settle(alice)
     browser_login(page, alice)
@@ -101,10 +105,13 @@ def test_an_open_inbox_offers_mail_that_arrives_meanwhile(page, alice, settings)
     expect(rows).to_have_count(1)
     rows.first.locator("input[name=thread]").check()  # a selection in progress is not swept away
 
+    page.wait_for_timeout(1000)  # at some point of the poll's cycle, not just after the page loaded
     thread_in(alice, "inbox", subject="Arrived while looking")  # what a sync stores meanwhile
     settle(alice)
+    stored = time.monotonic()
     notice = page.locator(".new-mail-notice")
-    expect(notice).to_contain_text("1 new conversation in Inbox.")
+    expect(notice).to_contain_text("1 new conversation in Inbox.", timeout=5_000)
+    assert time.monotonic() - stored < 4.3  # 5 s minus the watcher's 0.7 s
     expect(rows).to_have_count(1)
     expect(page.locator("[data-selected-count]")).to_have_text("1 selected")
 

@@ -99,6 +99,7 @@ def demo_company(db):
         "template": EmailTemplate.objects.filter(owner=demo).order_by("pk").first(),
         "signature": signature,
         "signature_image": image,
+        "certificate": demo_certificate(admin_user),
     }
     return Demo(demo=demo, admin=admin_user, teammate=teammate, objects=objects)
 
@@ -134,6 +135,20 @@ def demo_outgoing(demo, thread) -> dict:
         error_fix="Check the password. Some providers need SMTP sign-in switched on for the mailbox.",
     )
     return {"outgoing": draft, "outgoing_attachment": attachment, "failed_outgoing": failed, "message": source}
+
+
+def demo_certificate(admin_user):
+    """A company CA on the admin's trusted certificate authorities page."""
+    import tempfile
+
+    from devtools.mailservers import TestCA
+    from mailsync.accounts import certificates
+
+    with tempfile.TemporaryDirectory() as directory:
+        pem = TestCA(Path(directory)).ca_pem
+    return certificates.add_trusted_certificate(
+        admin=admin_user, name="Demo company CA", pem=pem, hosts="mail.example.com *.corp.example.com"
+    )
 
 
 def demo_lead():
@@ -191,6 +206,7 @@ def _arguments(name: str, arguments: list[str], objects: dict) -> dict | None:
                         ("template_fill", "template"),
                         ("signature_image", "signature_image"),
                         ("signature_", "signature"),
+                        ("trusted_certificate", "certificate"),
                     )
                     if short.startswith(prefix)
                 ),
@@ -385,6 +401,7 @@ MAIN_PAGES = [
     ("demo", "template-form", lambda o: reverse("mailsync:email_template_edit", args=[o["template"].pk])),
     ("demo", "signature-form", lambda o: reverse("mailsync:signature_edit", args=[o["signature"].pk])),
     ("admin", "status", lambda o: reverse("mailsync:status")),
+    ("admin", "certificates", lambda o: reverse("mailsync:trusted_certificates")),
     ("anonymous", "login", lambda o: reverse("account_login")),
 ]
 

@@ -578,8 +578,28 @@ def test_settings_page_htmx_partial_and_wrong_method(alice_client, alice):
     partial = alice_client.get(reverse("mailsync:settings"), **htmx())
     assert partial.status_code == 200
     assert b"<html" not in partial.content and b'id="account-list"' in partial.content
-    assert b'hx-trigger="every 4s"' in partial.content  # keeps polling while an account connects
+    assert b'hx-trigger="every 3s"' in partial.content  # keeps polling while an account connects
     assert alice_client.post(reverse("mailsync:settings")).status_code == 405
+
+
+def test_account_list_status_polls_while_syncing_and_shows_one_state(alice_client, alice, bob):
+    from django.utils import timezone
+
+    account = plain_account(alice, state=State.INITIAL_SYNC)
+    plain_account(bob, "bob@mail.example", state=State.INITIAL_SYNC)
+    url = reverse("mailsync:account_list_status")
+    html = alice_client.get(url, **htmx()).content.decode()
+    assert "<html" not in html and 'data-polling="true"' in html and 'hx-trigger="every 3s"' in html
+    assert "Initial sync of the last 3 days is running." in html and "bob@mail.example" not in html
+    account.state, account.last_success_at = State.SYNCING, timezone.now()
+    account.save(update_fields=["state", "last_success_at"])
+    html = alice_client.get(url, **htmx()).content.decode()
+    assert 'data-polling="false"' in html and "hx-trigger" not in html  # settled: the polling stops
+    row = html[html.index('id="account-') :]
+    # One state: the badge only (no "Working" beside "Syncing" beside "Up to date").
+    assert row.count("Up to date") == 1 and "Syncing" not in row and "Working" not in row
+    assert alice_client.get(url).status_code == 302  # a plain GET goes to the settings page
+    assert alice_client.post(url, **htmx()).status_code == 405
 
 
 @pytest.mark.parametrize("name", ["account_test", "account_pause", "account_resume"])

@@ -31,7 +31,7 @@ ATTENTION = "attention"
 PAUSED = "paused"
 REMOVED = "removed"
 
-LABELS = {OK: "Working", SYNCING: "Syncing", ATTENTION: "Needs attention", PAUSED: "Paused", REMOVED: "Removed"}
+LABELS = {OK: "Up to date", SYNCING: "Syncing", ATTENTION: "Needs attention", PAUSED: "Paused", REMOVED: "Removed"}
 # Never "stale" sooner than this: a transient failure is retried quietly with a backoff of 1, then 2
 # minutes before an account shows "error" (mailsync.connection.state.ERROR_AFTER); the banner must not beat that.
 MIN_STALE_SECONDS = 600

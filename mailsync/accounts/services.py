@@ -10,6 +10,7 @@ mailsync.connection's: the sync engine, the watcher and sending use it without g
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from mailsync.protocols import errors, oauth
 from mailsync.sync.tasks import sync_after_commit
 
 from . import providers
+from .certificates import accept_certificates_for
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,8 @@ def connect_account(
     clear_error(account)
     account.save()
     AccountAddress.objects.get_or_create(account=account, address=address)
+    # The owner has just typed the password with the company's CAs of these servers in effect.
+    accept_certificates_for(account=account)
     sync_after_commit(account.pk)
     return account
 
@@ -158,6 +162,7 @@ def reauthenticate(*, account: EmailAccount, new_secret: str | None = None) -> e
         return error
     if new_secret is not None:
         store_secret(account=account, secret=new_secret)
+        accept_certificates_for(account=account)
     record_connection_success(account=account)
     return None
 
@@ -277,6 +282,7 @@ class Resolution:
     problem: str = ""  # shown on the form when account_settings is None
     prefill: dict | None = None  # server fields to fill in for the user to confirm
     oauth_only: bool = False  # the provider accepts only OAuth2 sign-in
+    smtp_missing: bool = False  # only the SMTP server is missing: the account can be saved without sending
 
 
 DEFAULT_PORTS = {
@@ -289,9 +295,24 @@ DEFAULT_PORTS = {
 }
 
 
-def resolve_account_settings(data: dict, *, mx_lookup: providers.MxLookup | None = None) -> Resolution:
+def resolve_account_settings(
+    data: dict, *, mx_lookup: providers.MxLookup | None = None, without_sending: bool = False
+) -> Resolution:
     """Turn the cleaned "Add account" form into settings: typed servers win; else the chosen or detected
-    preset; else ask for the servers."""
+    preset; else ask for the servers. `without_sending`: the owner saves a reading-only account (no SMTP
+    server: sending is not set up until they add the account again with one)."""
+    resolution = _resolve_account_settings(data, mx_lookup=mx_lookup, without_sending=without_sending)
+    if without_sending and resolution.account_settings is not None:
+        return dataclasses.replace(
+            resolution, account_settings=dataclasses.replace(resolution.account_settings, smtp_host="")
+        )
+    return resolution
+
+
+NO_SMTP_PROBLEM = "Enter the SMTP (outgoing) server too, or “Save without sending” below: reading works without it."
+
+
+def _resolve_account_settings(data: dict, *, mx_lookup, without_sending: bool) -> Resolution:
     address = data["email_address"]
     domain = address.rpartition("@")[2]
     key = data.get("provider") or ""
@@ -303,8 +324,8 @@ def resolve_account_settings(data: dict, *, mx_lookup: providers.MxLookup | None
     else:
         preset = providers.detect_provider(address, mx_lookup=mx_lookup).preset
     if data.get("imap_host"):
-        if not data.get("smtp_host"):
-            return Resolution(None, preset, problem="Enter the SMTP (outgoing) server too: it is used to send mail.")
+        if not data.get("smtp_host") and not without_sending:
+            return Resolution(None, preset, problem=NO_SMTP_PROBLEM, smtp_missing=True)
         imap_security = data.get("imap_security") or "ssl"
         smtp_security = data.get("smtp_security") or "ssl"
         auth_kind = AuthKind.PASSWORD

@@ -12,13 +12,14 @@ them needs another to know how an account connects. Network I/O here never runs 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 
-from mailsync.models import AuthKind, EmailAccount
+from mailsync.models import AuthKind, EmailAccount, TrustedCertificate
 from mailsync.protocols import errors, hosts, imap, oauth, smtp
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,44 @@ def deployment_trusted_ca_pem() -> str:
         return ""
 
 
-def trusted_ca_for(account_ca_pem: str = "") -> str:
-    return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), account_ca_pem) if pem.strip())
+def trusted_ca_for(extra_pem: str = "") -> str:
+    return "\n".join(pem.strip() for pem in (deployment_trusted_ca_pem(), extra_pem) if pem.strip())
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """ "mail.acme.test" matches itself; "*.acme.test" matches one level below (as TLS wildcards do)."""
+    host = host.strip().lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = host.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return host == pattern
+
+
+def matching_certificates(hosts: list[str]) -> list[TrustedCertificate]:
+    """The company's trusted CAs (mailsync.accounts.certificates) listed for any of these server names."""
+    wanted = [host for host in hosts if host]
+    return [
+        certificate
+        for certificate in TrustedCertificate.objects.all()
+        if any(host_matches(pattern, host) for pattern in certificate.host_list for host in wanted)
+    ]
+
+
+def ca_pem_for_host(host: str, *, own_pem: str = "", certificates: Iterable[TrustedCertificate] = ()) -> str:
+    """What one connection trusts beyond the system CAs: `own_pem` (an account's CA set by support staff)
+    and those of the company CAs that are listed for this very server (never for another one)."""
+    company = [
+        certificate.pem.strip()
+        for certificate in certificates
+        if any(host_matches(pattern, host) for pattern in certificate.host_list)
+    ]
+    return "\n".join(pem for pem in (own_pem.strip(), *company) if pem)
+
+
+def account_ca_pem(account: EmailAccount, host: str) -> str:
+    """For a saved account's connection to `host`: its own CA and the company CAs its owner accepted (by
+    entering the password while they were in effect) that are listed for `host`."""
+    return ca_pem_for_host(host, own_pem=account.trusted_ca_pem, certificates=account.accepted_certificates.all())
 
 
 def mail_host_resolver() -> hosts.Resolver:
@@ -96,12 +133,22 @@ def smtp_config(account_settings: AccountSettings, *, secret: str, trusted_ca_pe
     )
 
 
-def check_connection(*, account_settings: AccountSettings, secret: str, trusted_ca_pem: str = "") -> None:
-    """Log in over IMAP (and list the folders), then over SMTP. Raises a classified errors.MailError."""
-    with imap.connect(imap_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem)) as session:
+def check_connection(
+    *,
+    account_settings: AccountSettings,
+    secret: str,
+    trusted_ca_pem: str = "",
+    certificates: Iterable[TrustedCertificate] = (),
+) -> None:
+    """Log in over IMAP (and list the folders), then over SMTP. Raises a classified errors.MailError.
+    `certificates`: company CAs in effect, each used only for the servers it is listed for."""
+    certificates = list(certificates)
+    imap_ca = ca_pem_for_host(account_settings.imap_host, own_pem=trusted_ca_pem, certificates=certificates)
+    with imap.connect(imap_config(account_settings, secret=secret, trusted_ca_pem=imap_ca)) as session:
         session.list_folders()
     if account_settings.smtp_host:
-        smtp.verify_login(smtp_config(account_settings, secret=secret, trusted_ca_pem=trusted_ca_pem))
+        smtp_ca = ca_pem_for_host(account_settings.smtp_host, own_pem=trusted_ca_pem, certificates=certificates)
+        smtp.verify_login(smtp_config(account_settings, secret=secret, trusted_ca_pem=smtp_ca))
 
 
 def settings_of(account: EmailAccount) -> AccountSettings:
@@ -145,14 +192,25 @@ def store_secret(*, account: EmailAccount, secret: str) -> None:
 
 def account_imap_config(account: EmailAccount) -> imap.ImapConfig:
     """The IMAP config of a saved account, for the sync engine (may refresh the OAuth2 token)."""
-    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
+    trusted = account_ca_pem(account, account.imap_host)
+    return imap_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=trusted)
 
 
 def account_smtp_config(account: EmailAccount) -> smtp.SmtpConfig:
-    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=account.trusted_ca_pem)
+    trusted = account_ca_pem(account, account.smtp_host)
+    return smtp_config(settings_of(account), secret=current_secret(account), trusted_ca_pem=trusted)
 
 
 def check_account(account: EmailAccount, *, secret: str | None = None) -> None:
-    """Test a saved account with its stored credentials (or `secret`). Raises errors.MailError."""
-    secret = current_secret(account) if secret is None else secret
-    check_connection(account_settings=settings_of(account), secret=secret, trusted_ca_pem=account.trusted_ca_pem)
+    """Test a saved account with its stored credentials, or with a `secret` its owner has just typed: only
+    then do the company CAs of its servers apply that it has not accepted yet. Raises errors.MailError."""
+    if secret is None:
+        secret, certificates = current_secret(account), list(account.accepted_certificates.all())
+    else:
+        certificates = matching_certificates([account.imap_host, account.smtp_host])
+    check_connection(
+        account_settings=settings_of(account),
+        secret=secret,
+        trusted_ca_pem=account.trusted_ca_pem,
+        certificates=certificates,
+    )

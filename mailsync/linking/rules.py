@@ -12,6 +12,8 @@ Rules, in the words the thread view shows (ThreadLink.rule -> RULE_LABELS):
   * automatic mode: a linked person's single open deal is linked; several open deals are never
     guessed: none is linked and all are suggested; deals known only through an organization are
     suggested; a mass email (more than MASS_EMAIL_PARTICIPANTS external participants) only suggests;
+    a conversation that ended more than OLD_MAIL_DAYS before the deal was created is only suggested
+    ("before_deal"): the inquiry that led to a deal is linked, last year's mail is offered;
   * manual mode: people and organizations are linked (contact timelines), deals only suggested.
 - The thread owner's own addresses never count, and only records the thread owner may see are linked
   or suggested, so a link never reveals a record to the owner that they could not open.
@@ -29,6 +31,7 @@ Users have the last word:
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.db import models, transaction
 from django.db.models import Q
@@ -64,6 +67,9 @@ ORG_DOMAIN = "org_domain"
 PERSON_ORGANIZATION = "person_organization"
 MANUAL_MODE = "manual_mode"
 MASS_EMAIL = "mass_email"
+# A conversation whose latest message is this much older than a deal (lead, project) is only suggested for
+# it: the mail that led to a new deal (days before) is linked; an 8-month-old thread is not filed under it.
+OLD_MAIL_DAYS = 30
 
 RULE_LABELS = {
     MANUAL: "Linked by a user",
@@ -79,6 +85,7 @@ for _kind in RECORD_KINDS:
     RULE_LABELS[f"several_open_{PLURAL[_kind]}"] = f"Several open {PLURAL[_kind]}: choose one"
     RULE_LABELS[f"organization_{_kind}"] = f"Open {_kind} of a linked organization"
     RULE_LABELS[f"another_{_kind}_linked"] = f"The thread is already linked to another {_kind}"
+    RULE_LABELS[f"before_{_kind}"] = f"Mail that ended long before the {_kind} was created: suggested"
 
 
 def rule_label(rule: str) -> str:
@@ -220,6 +227,8 @@ class OwnerData:
     people: dict[int, Person] = field(default_factory=dict)
     organizations: dict[int, Organization] = field(default_factory=dict)
     records: dict[str, dict[int, models.Model]] = field(default_factory=dict)
+    # thread id -> date of its latest message (a deal created after it is only suggested)
+    last_message_at: dict[int, datetime | None] = field(default_factory=dict)
 
 
 @transaction.atomic
@@ -241,6 +250,7 @@ def _link_batch(thread_ids: list[int]) -> None:
 
 def _link_owner_threads(owner: User, threads: list[EmailThread]) -> None:
     data = _load(owner, [thread.pk for thread in threads])
+    data.last_message_at = {thread.pk: thread.last_message_at for thread in threads}
     to_create: list[ThreadLink] = []
     to_update: list[ThreadLink] = []
     to_delete: list[int] = []
@@ -408,6 +418,7 @@ def _wanted_links(
             organization_ids=linked_organization_ids,
             mass_email=mass_email,
             participant_count=len(addresses),
+            last_message_at=data.last_message_at.get(thread_id),
             offer=offer,
         )
     return wanted
@@ -423,6 +434,7 @@ def _wanted_records(
     mass_email: bool,
     participant_count: int,
     offer,
+    last_message_at: datetime | None = None,
 ) -> None:
     linked = ThreadLink.State.LINKED
     suggested = ThreadLink.State.SUGGESTED
@@ -482,7 +494,16 @@ def _wanted_records(
 
     if len(person_candidates) == 1:
         record = person_candidates[0]
-        if not already_linked:
+        if not already_linked and _ended_before(last_message_at, record):
+            # Old mail and a new deal: offered, not filed under it (issue 17, point 8).
+            offer(
+                (kind, record.pk),
+                suggested,
+                f"before_{kind}",
+                f"the only open {kind} of {owner_names}, created {_day(record.created_at)}; this conversation "
+                f"ended {_day(last_message_at)}, more than {OLD_MAIL_DAYS} days before: suggested, not linked",
+            )
+        elif not already_linked:
             offer((kind, record.pk), linked, f"single_open_{kind}", f"the only open {kind} of {owner_names}")
         elif (kind, record.pk) not in already_linked:
             others = ", ".join(str(records[pk]) for _, pk in sorted(already_linked) if pk in records)
@@ -506,6 +527,20 @@ def _wanted_records(
             f"organization_{kind}",
             f"open {label(record)} of {_record_party(data, record)}",
         )
+
+
+def _ended_before(last_message_at: datetime | None, record) -> bool:
+    """The conversation's latest message is more than OLD_MAIL_DAYS older than the record (dates unknown:
+    not older)."""
+    created_at = getattr(record, "created_at", None)
+    if last_message_at is None or created_at is None:
+        return False
+    return created_at - last_message_at > timedelta(days=OLD_MAIL_DAYS)
+
+
+def _day(moment: datetime) -> str:
+    local = timezone.localtime(moment)
+    return f"{local.day} {local:%b %Y}"
 
 
 def _record_party(data: OwnerData, record) -> str:

@@ -13,15 +13,16 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
 `outgoing` (OutgoingMessage, OutgoingAttachment: drafts and mail on its way out),
-`smart_bcc` (SmartBcc*), `templates` (EmailTemplate, Signature, SignatureImage); beside them `crypto`
-(credentials at rest behind EmailAccount.set_secret / get_secret) and `filenames` (how an attachment's
-name may be shown). Fields, constraints and QuerySets only: writes live in the services of the packages
-above.
+`smart_bcc` (SmartBcc*), `templates` (EmailTemplate, Signature, SignatureImage), `certificates`
+(TrustedCertificate); beside them `crypto` (credentials at rest behind EmailAccount.set_secret /
+get_secret) and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets
+only: writes live in the services of the packages above.
 May import: `protocols` (the classified error of unreadable credentials), Django and the CRM's models.
 Nothing else of mail sync.
 """
 
 from .accounts import AccountAddress, AuthKind, EmailAccount, MailFolder, Security
+from .certificates import TrustedCertificate
 from .linking import BlockedAddress, ThreadLink
 from .mail import Attachment, EmailMessage, EmailThread, Mailbox, MessageLocation, MessageParticipant, ThreadReference
 from .mailboxes import MailboxEntry, MailboxSearchDocument
@@ -58,4 +59,5 @@ __all__ = [
     "SmartBccSender",
     "ThreadLink",
     "ThreadReference",
+    "TrustedCertificate",
 ]

@@ -40,12 +40,14 @@ class EmailThread(models.Model):
 
 
 class Mailbox(models.TextChoices):
-    """The lists of the mail workspace. "other": only in Junk / Drafts; "": not placed yet."""
+    """The lists of the mail workspace. "bulk": newsletters and list mail that would be in the Inbox;
+    "other": only in Junk / Drafts; "": not placed yet."""
 
     INBOX = "inbox", "Inbox"
     SENT = "sent", "Sent"
     ARCHIVE = "archive", "Archive"
     TRASH = "trash", "Trash"
+    BULK = "bulk", "Bulk"
     OTHER = "other", "Other"
 
 
@@ -79,6 +81,8 @@ class EmailMessage(models.Model):
     is_read = models.BooleanField(default=False)
     is_flagged = models.BooleanField(default=False)
     is_draft = models.BooleanField(default=False)
+    # Newsletters and list mail (List-Id, List-Unsubscribe, Precedence: bulk): listed in Bulk, not the Inbox.
+    is_bulk = models.BooleanField(default=False, db_default=False)
     # Hidden by the owner's blocked addresses (F1); recomputed when the block list changes.
     is_blocked = models.BooleanField(default=False)
     # Archived / deleted in the CRM (S5, S6, L6). Deleted messages disappear from every surface.

@@ -689,6 +689,7 @@ MESSAGE_COLUMNS = (
     "raw",
     "created_at",
     "mailbox",
+    "is_bulk",
 )
 
 
@@ -709,7 +710,9 @@ def _message_row(
     direction = EmailMessage.Direction.SENT.value if sent else EmailMessage.Direction.RECEIVED.value
     # Its list (Inbox, Sent, ...) from the start, so that refresh_mailboxes need not rewrite the row.
     roles = {folder.role} if folder is not None else set()
-    mailbox = place(restored_to_inbox=False, is_archived=False, direction=direction, roles=roles)
+    mailbox = place(
+        restored_to_inbox=False, is_archived=False, direction=direction, roles=roles, is_bulk=parsed.is_bulk
+    )
     return (
         account.pk,
         thread_id,
@@ -738,6 +741,7 @@ def _message_row(
         files.raw_names.get(identity_of(parsed.message_key, parsed.content_hash), ""),
         now,
         mailbox,
+        parsed.is_bulk,
     )
 
 

@@ -97,6 +97,8 @@ class ParsedEmail:
     # Delivery status notification (RFC 3464) and the Message-ID of the mail that bounced, if found.
     is_bounce: bool = False
     bounced_message_id: str = ""
+    # Sent to a list or in bulk (newsletters, notifications): List-Id, List-Unsubscribe or Precedence.
+    is_bulk: bool = False
 
     @property
     def from_name(self) -> str:
@@ -159,6 +161,28 @@ def parse_message(raw: bytes, *, own_addresses: frozenset[str] = frozenset()) ->
 def parse_many(raws: list[bytes], own_addresses: frozenset[str] = frozenset()) -> list[ParsedEmail]:
     """parse_message over a list; the unit of work a process pool runs (module-level, picklable)."""
     return [parse_message(raw, own_addresses=own_addresses) for raw in raws]
+
+
+# Precedence values of mail sent to many (RFC 3834 2, and common practice); "junk" is what autoresponders skip.
+BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
+
+
+def is_bulk_headers(headers: dict[str, list[str]]) -> bool:
+    """A newsletter, a mailing list or a mass notification: a List-Id or List-Unsubscribe header
+    (RFC 2919, 2369, 8058), or Precedence: bulk / list / junk. `headers`: values by lower-cased name."""
+    if any(value.strip() for name in ("list-id", "list-unsubscribe") for value in headers.get(name, [])):
+        return True
+    return any(value.strip().lower() in BULK_PRECEDENCE for value in headers.get("precedence", []))
+
+
+def raw_is_bulk(raw: bytes) -> bool:
+    """is_bulk_headers of a stored raw message, reading only its header block (the backfill of mail
+    stored before bulk mail had its own list: manage.py rebuild_mailboxes --detect-bulk)."""
+    try:
+        head, _body = _split_head(_as_bytes(raw))
+        return is_bulk_headers(_header_map(email.message_from_bytes(head + b"\n\n")))
+    except Exception:  # an unreadable header block is not evidence of bulk mail
+        return False
 
 
 def normalize_message_id(value: str) -> str:
@@ -1218,6 +1242,7 @@ def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> P
         defects=list(dict.fromkeys(defects)),
         is_bounce=body.is_bounce,
         bounced_message_id=body.bounced_message_id,
+        is_bulk=is_bulk_headers(headers),
     )
 
 

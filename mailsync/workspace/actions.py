@@ -53,6 +53,7 @@ DONE = {
 }
 ACTIONS_BY_MAILBOX = {
     Mailbox.INBOX: (READ, UNREAD, ARCHIVE, DELETE),
+    Mailbox.BULK: (READ, UNREAD, ARCHIVE, MOVE_TO_INBOX, DELETE),
     Mailbox.SENT: (READ, UNREAD, DELETE),
     Mailbox.ARCHIVE: (READ, UNREAD, MOVE_TO_INBOX, DELETE),
     Mailbox.TRASH: (READ, UNREAD, MOVE_TO_INBOX, DELETE),
@@ -164,6 +165,30 @@ def apply_bulk_action(*, user: User, mailbox: str, action: str, thread_ids) -> A
         refused=selection.refused,
         on_server=on_server,
         waiting=waiting,
+    )
+
+
+# Conversations per transaction when an action applies to a whole filtered list ("select all N matching").
+BATCH_THREADS = 500
+
+
+def apply_in_batches(*, user: User, mailbox: str, action: str, thread_ids: list[int]) -> ActionResult:
+    """apply_bulk_action over any number of conversations, BATCH_THREADS per transaction, so that a list
+    of 100,000 never holds the owner's mail lock (which ingestion waits for) in one long transaction."""
+    _validate(mailbox, action)
+    results = [
+        apply_bulk_action(
+            user=user, mailbox=mailbox, action=action, thread_ids=thread_ids[start : start + BATCH_THREADS]
+        )
+        for start in range(0, len(thread_ids), BATCH_THREADS)
+    ]
+    return ActionResult(
+        action=action,
+        threads=sum(result.threads for result in results),
+        messages=sum(result.messages for result in results),
+        refused=sum(result.refused for result in results),
+        on_server=any(result.on_server for result in results),
+        waiting=max((result.waiting for result in results), default=0),
     )
 
 

@@ -1,5 +1,6 @@
-"""Writes on conversations: manual links (L4, L5), visibility (P1-P3), blocked addresses (F1) and the
-"remove emails not related to contacts" clean-up (F3).
+"""Writes on conversations: manual links (L4, L5) to people, organizations, deals, leads and projects, a
+person from an unknown sender, visibility (P1-P3), blocked addresses (F1) and the "remove emails not
+related to contacts" clean-up (F3).
 
 Who may do what:
 - link / unlink / accept a suggestion: the thread's OWNER only, and only to records they may see. A
@@ -9,16 +10,23 @@ Who may do what:
   (`visible_to`). A suggestion changes nobody's access (only linked records share a thread); it waits in
   the owner's thread view until they link it or say "not this one".
 - change a thread's visibility: its owner only (P3); admins included in "nobody else".
+- create a person from a sender: anyone who sees the thread (the person is theirs, a CRM record like any
+  other); the thread's links then follow its owner's rules, and a link never widens a private thread.
 - block list, default visibility and clean-up: each user for their own mail only.
 Callers that break these rules get PermissionDenied (views answer 404 before it gets that far).
 """
+
+from dataclasses import dataclass
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from contacts.models import Person, PersonEmail
+from contacts.models import Organization, Person, PersonEmail
+from contacts.selectors import email_owners
+from contacts.services import create_person
+from crm.addresses import domain_of, is_free_mail_domain, normalize_email
 from crm.models import User
 from mailsync.linking import blocking
 from mailsync.linking.access import can_change_links, can_change_visibility, visible_threads
@@ -122,6 +130,79 @@ def accept_suggestion(*, user: User, link: ThreadLink) -> ThreadLink:
         state=ThreadLink.State.LINKED,
         reason=f"Suggestion accepted by {user}: {link.reason}",
     )
+
+
+# --- A person from an unknown sender ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnknownSender:
+    name: str
+    address: str
+    organization: Organization | None  # found from the address's domain (never a free-mail domain)
+
+
+def _organization_for(user: User, address: str) -> Organization | None:
+    """The organization of the address's domain, if the user may see it; free-mail domains (gmail.com...)
+    say nothing about where someone works."""
+    domain = domain_of(address)
+    if not domain or is_free_mail_domain(domain):
+        return None
+    return Organization.objects.visible_to(user).filter(domains__domain__iexact=domain).order_by("pk").first()
+
+
+def unknown_senders(user: User, thread: EmailThread) -> list[UnknownSender]:
+    """Who wrote in this conversation (the user excluded) and is no person of the CRM yet: "create a
+    person from this sender". Only for a thread the user may see (the caller checked)."""
+    senders: dict[str, str] = {}
+    for name, address in (
+        MessageParticipant.objects.filter(
+            message__thread=thread, message__deleted_at__isnull=True, role=MessageParticipant.Role.FROM
+        )
+        .order_by("message__date", "pk")
+        .values_list("name", "address")
+    ):
+        address = normalize_email(address)
+        if address and address not in senders:
+            senders[address] = name
+    for address in own_addresses(user) | set(email_owners(senders)):
+        senders.pop(address, None)
+    return [
+        UnknownSender(name=name, address=address, organization=_organization_for(user, address))
+        for address, name in senders.items()
+    ]
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """ "Ann Smith" -> ("Ann", "Smith"); "Smith, Ann" -> ("Ann", "Smith"); "" -> ("", "")."""
+    name = " ".join(name.replace('"', " ").split())
+    if "," in name:
+        last, _, first = name.partition(",")
+        return first.strip()[:100], last.strip()[:100]
+    first, _, last = name.partition(" ")
+    return first[:100], last[:100]
+
+
+@transaction.atomic
+def create_person_from_sender(*, user: User, thread: EmailThread, address: str) -> Person:
+    """A person (owned by `user`) for a sender of a conversation the user may see, in the organization of
+    the address's domain when there is one; the person's conversations are linked by address as usual
+    (the thread's owner's rules; a link never widens who sees a private conversation)."""
+    if not visible_threads(user).filter(pk=thread.pk).exists():
+        raise PermissionDenied("You cannot see this conversation.")
+    sender = next((item for item in unknown_senders(user, thread) if item.address == normalize_email(address)), None)
+    if sender is None:
+        raise ValidationError(f"{address} did not write in this conversation, or is already a person of the CRM.")
+    first_name, last_name = _split_name(sender.name)
+    person = create_person(
+        owner=user,
+        first_name=first_name,
+        last_name=last_name,
+        emails=[sender.address],
+        organization=sender.organization,
+    )
+    link_threads([thread.pk])  # this conversation at once; the others after the commit (create_person)
+    return person
 
 
 def _valid_visibility(visibility: str) -> str:

@@ -14,6 +14,7 @@ urlpatterns = [
         views.thread_accept_suggestion,
         name="thread_accept_suggestion",
     ),
+    path("threads/<int:pk>/create-person/", views.thread_create_person, name="thread_create_person"),
     path("threads/<int:pk>/visibility/", views.thread_visibility, name="thread_visibility"),
     path("timeline/<str:kind>/<int:pk>/", views.record_timeline, name="record_timeline"),
     path("attachments/<int:pk>/", views.attachment_download, name="attachment_download"),

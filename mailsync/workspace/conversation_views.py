@@ -16,6 +16,7 @@ from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from contacts.models import Organization, Person
 from crm.params import parse_id, parse_ids
 from crm.records import PlainLabels, is_partial_request
 from mailsync.linking import access
@@ -53,8 +54,22 @@ def _error_text(error: ValidationError) -> str:
 # --- One conversation ------------------------------------------------------------------------------------
 
 
-def _link_choices(user, thread_links: list[ThreadLink]) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Open deals, leads and projects the user may see and the thread is not linked to yet."""
+def _people_choices(user, thread: EmailThread, linked: set) -> list[tuple[str, str]]:
+    """People the user may see: those who took part in the conversation first, then the others by name."""
+    addresses = MessageParticipant.objects.filter(message__thread=thread).values("address")
+    visible = Person.objects.visible_to(user).prefetch_related("emails")
+    in_thread = list(visible.filter(emails__email__in=addresses).distinct()[:LINK_CHOICES_LIMIT])
+    others = list(visible.exclude(pk__in=[person.pk for person in in_thread])[:LINK_CHOICES_LIMIT])
+    return [
+        (f"person:{person.pk}", f"{person.name} ({person.primary_email})" if person.primary_email else person.name)
+        for person in in_thread + others
+        if ("person", person.pk) not in linked
+    ][:LINK_CHOICES_LIMIT]
+
+
+def _link_choices(user, thread: EmailThread, thread_links: list[ThreadLink]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """People, organizations, and open deals, leads and projects the user may see and the thread is not
+    linked to yet."""
     linked = {
         (name, getattr(link, f"{name}_id"))
         for link in thread_links
@@ -62,7 +77,14 @@ def _link_choices(user, thread_links: list[ThreadLink]) -> list[tuple[str, list[
         for name in TARGET_FIELDS
         if getattr(link, f"{name}_id")
     }
-    groups = []
+    organizations = Organization.objects.visible_to(user).order_by("name", "pk")[:LINK_CHOICES_LIMIT]
+    groups = [
+        ("People", _people_choices(user, thread, linked)),
+        (
+            "Organizations",
+            [(f"organization:{o.pk}", o.name) for o in organizations if ("organization", o.pk) not in linked],
+        ),
+    ]
     for kind in RECORD_KINDS:
         model = RECORD_MODELS[kind]
         records = model.objects.visible_to(user).filter(status="open").order_by("-created_at", "-pk")
@@ -87,7 +109,8 @@ def _links_context(user, thread: EmailThread) -> dict:
         "linked": [link for link in links if link.state == ThreadLink.State.LINKED],
         "suggested": [link for link in links if link.state == ThreadLink.State.SUGGESTED],
         "unlinked": [link for link in links if link.state == ThreadLink.State.UNLINKED],
-        "link_choices": _link_choices(user, links),
+        "link_choices": _link_choices(user, thread, links),
+        "unknown_senders": conversation_services.unknown_senders(user, thread),
         "can_change_visibility": access.can_change_visibility(user, thread),
         "can_change_links": access.can_change_links(user, thread),
         "visibility_choices": EmailThread.Visibility.choices,
@@ -269,7 +292,9 @@ def _after_link_change(request: HttpRequest, thread: EmailThread, *, error: str 
 def _change_link(request: HttpRequest, thread: EmailThread, service, done: str) -> HttpResponse:
     record = _record_from_post(request)
     if record is None:
-        return _after_link_change(request, thread, error="Choose a deal, lead or project.", status=400)
+        return _after_link_change(
+            request, thread, error="Choose a person, organization, deal, lead or project.", status=400
+        )
     try:
         service(user=request.user, thread=thread, record=record)
     except ValidationError as error:
@@ -321,6 +346,21 @@ def thread_accept_suggestion(request: HttpRequest, pk: int, link_pk: int) -> Htt
         conversation_services.accept_suggestion(user=request.user, link=link)
     except ValidationError as error:
         return _after_link_change(request, thread, error=_error_text(error), status=400)
+    return _after_link_change(request, thread)
+
+
+@require_POST
+def thread_create_person(request: HttpRequest, pk: int) -> HttpResponse:
+    """A person from an unknown sender of the conversation (in the organization of their domain)."""
+    thread = access.get_thread_for_user(request.user, pk)
+    try:
+        person = conversation_services.create_person_from_sender(
+            user=request.user, thread=thread, address=request.POST.get("address", "")
+        )
+    except ValidationError as error:
+        return _after_link_change(request, thread, error=_error_text(error), status=400)
+    if not is_partial_request(request):
+        messages.success(request, f"{person} is now a person of the CRM.")
     return _after_link_change(request, thread)
 
 

@@ -1,6 +1,7 @@
 """Forms of the mail account pages. Password fields never render a value back."""
 
 import ipaddress
+import json
 import re
 
 from django import forms
@@ -77,17 +78,45 @@ class AddAccountForm(PlainLabels, forms.Form):
         label="Username", required=False, max_length=320, help_text="Leave empty to use your email address."
     )
     imap_host = forms.CharField(label="IMAP server", required=False, max_length=253)
-    imap_port = forms.IntegerField(label="IMAP port", required=False, min_value=1, max_value=65535)
+    imap_port = forms.IntegerField(label="IMAP port", required=False, min_value=1, max_value=65535, initial=993)
     imap_security = forms.ChoiceField(
         label="IMAP security", choices=Security.choices, initial=Security.SSL, required=False
     )
-    smtp_host = forms.CharField(label="SMTP server", required=False, max_length=253)
-    smtp_port = forms.IntegerField(label="SMTP port", required=False, min_value=1, max_value=65535)
+    smtp_host = forms.CharField(
+        label="SMTP server",
+        required=False,
+        max_length=253,
+        help_text="For sending from the CRM. Reading works without it.",
+    )
+    smtp_port = forms.IntegerField(label="SMTP port", required=False, min_value=1, max_value=65535, initial=465)
     smtp_security = forms.ChoiceField(
         label="SMTP security", choices=Security.choices, initial=Security.SSL, required=False
     )
 
     SERVER_FIELDS = ("username", "imap_host", "imap_port", "imap_security", "smtp_host", "smtp_port", "smtp_security")
+
+    def __init__(self, *args, kept_password: str = "", default_ports: dict | None = None, **kwargs):
+        """`kept_password`: the password of the owner's last failed try (kept server-side, never rendered):
+        used when the field comes back empty. `default_ports`: {(protocol, security): port}, which a script
+        (static/js/app.js) applies to a port field when its security choice changes."""
+        super().__init__(*args, **kwargs)
+        self.kept_password = ""
+        if kept_password:
+            self.show_password_kept(kept_password)
+        for protocol in ("imap", "smtp"):
+            ports = {security: port for (name, security), port in (default_ports or {}).items() if name == protocol}
+            if ports:
+                self.fields[f"{protocol}_security"].widget.attrs.update(
+                    {"data-default-ports": json.dumps(ports), "data-port-field": f"id_{protocol}_port"}
+                )
+
+    def show_password_kept(self, password: str) -> None:
+        """The password is kept server-side: the (empty) field says so and an empty submit uses it."""
+        self.kept_password = password
+        self.fields["password"].widget = PasswordField.widget.__class__(
+            render_value=False,
+            attrs={"autocomplete": "new-password", "placeholder": "Kept from your last try: type to change it"},
+        )
 
     def clean_email_address(self) -> str:
         return self.cleaned_data["email_address"].strip().lower()
@@ -102,7 +131,9 @@ class AddAccountForm(PlainLabels, forms.Form):
         data = super().clean()
         for prefix in ("imap", "smtp"):
             data[f"{prefix}_security"] = data.get(f"{prefix}_security") or Security.SSL
-        if not data.get("password"):
+        if not data.get("password") and self.kept_password:
+            data["password"] = self.kept_password
+        elif not data.get("password"):
             self.add_error("password", "Enter the password (or app password) of the mailbox.")
         check_servers(self, data)
         return data
@@ -110,6 +141,24 @@ class AddAccountForm(PlainLabels, forms.Form):
     @property
     def has_custom_servers(self) -> bool:
         return bool(self.cleaned_data.get("imap_host"))
+
+
+class TrustedCertificateForm(PlainLabels, forms.Form):
+    """A company CA (validated by mailsync.accounts.certificates)."""
+
+    name = forms.CharField(label="Name", max_length=200)
+    hosts = forms.CharField(
+        label="Server names",
+        max_length=2000,
+        help_text="The mail servers it is trusted for, separated by spaces: mail.example.com or *.example.com.",
+    )
+    pem = forms.CharField(
+        label="Certificate (PEM)",
+        max_length=65536,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
+        help_text="The CA's public certificate, from -----BEGIN CERTIFICATE----- to -----END CERTIFICATE-----.",
+    )
 
 
 class ReauthForm(PlainLabels, forms.Form):

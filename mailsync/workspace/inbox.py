@@ -1,4 +1,4 @@
-"""Reads for the mail workspace: the Inbox, Sent, Archive and Trash lists, their counts, filters and search.
+"""Reads for the mail workspace: the Inbox, Bulk, Sent, Archive and Trash lists, their counts, filters and search.
 
 The lists show the user's OWN conversations (threads they own); colleagues' shared mail appears on CRM
 record timelines, not in a personal inbox. They read MailboxEntry (mailsync.mailbox), which holds only
@@ -47,6 +47,7 @@ from .conversation_services import from_existing_contact
 PAGE_SIZE = 50
 MAILBOXES = {
     Mailbox.INBOX: "Inbox",
+    Mailbox.BULK: "Bulk",
     Mailbox.SENT: "Sent",
     Mailbox.ARCHIVE: "Archive",
     Mailbox.TRASH: "Trash",
@@ -235,6 +236,12 @@ def filtered_entries(user: User, mailbox: str, filters: InboxFilters) -> QuerySe
     if filters.query:
         entries = search(entries, filters.query)
     return entries.order_by("-latest_date", "-thread_id")
+
+
+def matching_thread_ids(user: User, mailbox: str, filters: InboxFilters) -> list[int]:
+    """Every conversation of the filtered list, newest first ("select all N matching"): one query on the
+    list rows, ids only."""
+    return list(filtered_entries(user, mailbox, filters).values_list("thread_id", flat=True))
 
 
 def neighbours(user: User, mailbox: str, filters: InboxFilters, thread_id: int) -> tuple[int | None, int | None]:

@@ -6,6 +6,7 @@ from . import inbox_views as views
 
 urlpatterns = [
     path("", views.inbox, name="inbox"),
+    path("bulk/", views.bulk, name="bulk"),
     path("sent/", views.sent, name="sent"),
     path("archive/", views.archive, name="archive"),
     path("trash/", views.trash, name="trash"),

@@ -1,4 +1,4 @@
-"""The mail workspace: Inbox, Sent, Archive and Trash of the user's own mail, with filters, search and
+"""The mail workspace: Inbox, Bulk, Sent, Archive and Trash of the user's own mail, with filters, search and
 bulk actions.
 
 Thin views: filters from the query string -> selectors (mailsync.inbox) -> render; bulk actions are
@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.cache import patch_vary_headers
+from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
@@ -34,9 +34,10 @@ MAX_QUERY_LENGTH = 200
 # `in` for the list and `page`), so the thread page shows the same list beside it and steps through it.
 LIST_PARAMS = ("q", "unread", "account", "folder", "linked", "contact")
 # Where a conversation opened from outside the lists is read: the first of these that holds it.
-READING_ORDER = (Mailbox.INBOX, Mailbox.ARCHIVE, Mailbox.SENT, Mailbox.TRASH)
+READING_ORDER = (Mailbox.INBOX, Mailbox.BULK, Mailbox.ARCHIVE, Mailbox.SENT, Mailbox.TRASH)
 URL_NAMES = {
     Mailbox.INBOX: "mailsync:inbox",
+    Mailbox.BULK: "mailsync:bulk",
     Mailbox.SENT: "mailsync:sent",
     Mailbox.ARCHIVE: "mailsync:archive",
     Mailbox.TRASH: "mailsync:trash",
@@ -64,8 +65,13 @@ class InboxFilterForm(forms.Form):
     )
     contact = forms.BooleanField(required=False, label="From an existing contact")
 
-    def __init__(self, data, *, results_url: str, accounts: list, folders: list):
+    # Filters that make no sense in a list: in Sent, everything is read and written by the user.
+    NOT_IN = {Mailbox.SENT: ("unread", "contact")}
+
+    def __init__(self, data, *, results_url: str, accounts: list, folders: list, mailbox: str = ""):
         super().__init__(data)
+        for name in self.NOT_IN.get(mailbox, ()):
+            del self.fields[name]
         self.accounts = {account.pk: account for account in accounts}
         self.folders = {folder.pk: folder for folder in folders}
         self.fields["account"].choices = [("", "All accounts")] + [(a.pk, a.email_address) for a in accounts]
@@ -139,7 +145,7 @@ def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
     accounts = lists.account_choices(user)
     # The filter controls are outside the fragment: a partial needs only what the filters refer to.
     folders = lists.folder_choices(user)
-    form = InboxFilterForm(request.GET, results_url=request.path, accounts=accounts, folders=folders)
+    form = InboxFilterForm(request.GET, results_url=request.path, accounts=accounts, folders=folders, mailbox=mailbox)
     filters = form.filters()
     counts = lists.mailbox_counts(user)
     total = counts[mailbox].total
@@ -164,6 +170,8 @@ def _mailbox_page(request: HttpRequest, mailbox: str) -> HttpResponse:
         "next_url": request.get_full_path(),
         "has_accounts": bool(accounts),
         "thread_query": reading_query(request.GET, mailbox, page.number),
+        # "Select all N matching": the list's filters go with the bulk form (see bulk_action).
+        "list_params": _list_params(request.GET, 1),
     }
     if not partial:
         context["drafts_count"] = sending_selectors.drafts_for(user).count()
@@ -202,6 +210,7 @@ def reading_context(request: HttpRequest, thread: EmailThread) -> dict:
         results_url=reverse(URL_NAMES[mailbox]),
         accounts=lists.account_choices(user),
         folders=lists.folder_choices(user),
+        mailbox=mailbox,
     )
     filters = form.filters()
     page_number = _page_number(request) if query else 1
@@ -248,6 +257,12 @@ def inbox(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+def bulk(request: HttpRequest) -> HttpResponse:
+    """Newsletters and list mail (List-Id, List-Unsubscribe, Precedence: bulk), out of the Inbox."""
+    return _mailbox_page(request, Mailbox.BULK)
+
+
+@require_GET
 def sent(request: HttpRequest) -> HttpResponse:
     return _mailbox_page(request, Mailbox.SENT)
 
@@ -264,8 +279,9 @@ def trash(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def inbox_news(request: HttpRequest) -> HttpResponse:
-    """The open list's question "anything new?" (htmx poll): a notice with a link that shows the new
-    conversations, or nothing. Counts only the user's own visible mail."""
+    """The open list's question "anything new?" (htmx poll, every MAILSYNC_INBOX_POLL_SECONDS): a notice
+    with a link that shows the new conversations, or 204 No Content (htmx swaps nothing). One indexed
+    query on the messages stored since the page was rendered; counts only the user's own visible mail."""
     mailbox = request.GET.get("mailbox", "")
     since = parse_id(request.GET.get("since", ""))
     if mailbox not in MAILBOXES or since is None:
@@ -273,6 +289,11 @@ def inbox_news(request: HttpRequest) -> HttpResponse:
     if not is_partial_request(request):
         return redirect(URL_NAMES[mailbox])
     count = lists.new_conversations(request.user, mailbox, since)
+    if not count:
+        # The usual answer, every few seconds per open list: no body, nothing to render or swap.
+        response = HttpResponse(status=204)
+        patch_cache_control(response, private=True, no_store=True)
+        return response
     show_url = reverse(URL_NAMES[mailbox])
     current = urlsplit(getattr(request.htmx, "current_url_abs_path", None) or "")
     if current.path == show_url:  # the list as the user sees it (same filters), from its first page
@@ -300,9 +321,23 @@ def _refused_text(refused: int, mailbox: str) -> str:
     return f"{refused} selected {noun} not changed: they are not yours, or no longer in {MAILBOXES[mailbox]}."
 
 
+def _every_matching_thread(request: HttpRequest, mailbox: str) -> list[int]:
+    """scope=all: every conversation of the list with the filters posted along (LIST_PARAMS)."""
+    user = request.user
+    form = InboxFilterForm(
+        request.POST,
+        results_url=reverse(URL_NAMES[mailbox]),
+        accounts=lists.account_choices(user),
+        folders=lists.folder_choices(user),
+        mailbox=mailbox,
+    )
+    return lists.matching_thread_ids(user, mailbox, form.filters())
+
+
 @require_POST
 def bulk_action(request: HttpRequest) -> HttpResponse:
-    """POST mailbox, action, thread (repeated), next; delete asks for confirmation first (S6)."""
+    """POST mailbox, action, thread (repeated), next; or scope=all with the list's filters (LIST_PARAMS):
+    every conversation that matches, not only the page, in batches. Delete asks for confirmation first (S6)."""
     mailbox = request.POST.get("mailbox", "")
     action = request.POST.get("action", "")
     thread_ids = request.POST.getlist("thread")
@@ -310,6 +345,12 @@ def bulk_action(request: HttpRequest) -> HttpResponse:
     if mailbox not in MAILBOXES or action not in actions.allowed_actions(mailbox):
         messages.error(request, "This action is not available here.")
         return redirect(next_url)
+    scope_all = request.POST.get("scope") == "all"
+    if scope_all:
+        thread_ids = _every_matching_thread(request, mailbox)
+        if not thread_ids:
+            messages.error(request, f"No conversation in {MAILBOXES[mailbox]} matches these filters any more.")
+            return redirect(next_url)
     if not thread_ids:
         messages.error(request, "Select at least one conversation first.")
         return redirect(next_url)
@@ -328,13 +369,18 @@ def bulk_action(request: HttpRequest) -> HttpResponse:
                 "next_url": next_url,
                 "warning": actions.DELETE_WARNING,
                 "on_server": actions.applies_on_server(request.user),
+                "scope_all": scope_all,
+                "list_params": [(name, request.POST[name]) for name in LIST_PARAMS if request.POST.get(name)],
             },
         )
         # A boosted form would put /mail/actions/ in the address bar, where a reload is a GET (405).
         response["HX-Push-Url"] = "false"
         return response
     try:
-        result = actions.apply_bulk_action(user=request.user, mailbox=mailbox, action=action, thread_ids=thread_ids)
+        if scope_all:
+            result = actions.apply_in_batches(user=request.user, mailbox=mailbox, action=action, thread_ids=thread_ids)
+        else:
+            result = actions.apply_bulk_action(user=request.user, mailbox=mailbox, action=action, thread_ids=thread_ids)
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
         return redirect(next_url)

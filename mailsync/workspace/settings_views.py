@@ -12,20 +12,28 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from mailsync.accounts import health, providers, selectors, services
+from mailsync.accounts import certificates, health, providers, selectors, services
 from mailsync.connection import config as connection_config
-from mailsync.models import AuthKind, BlockedAddress, EmailAccount, crypto
+from mailsync.models import AuthKind, BlockedAddress, EmailAccount, TrustedCertificate, crypto
 from mailsync.protocols import errors, oauth
 
-from . import preferences
+from . import kept_password, preferences
 from .conversation_views import BlockForm
-from .forms import AddAccountForm, FolderSelectionForm, MailPreferencesForm, PastSyncForm, ReauthForm
+from .forms import (
+    AddAccountForm,
+    FolderSelectionForm,
+    MailPreferencesForm,
+    PastSyncForm,
+    ReauthForm,
+    TrustedCertificateForm,
+)
 
 OAUTH_SESSION_KEY = "mailsync_oauth"
 State = EmailAccount.State
@@ -58,6 +66,8 @@ class PastSyncProgress:
     percent: int
     polling: bool
     waiting_for_account: bool
+    # The initial sync is still running: the section refreshes itself so that the form appears when it ends.
+    waiting_for_initial_sync: bool = False
 
 
 def past_sync_progress(account: EmailAccount) -> PastSyncProgress:
@@ -79,6 +89,7 @@ def past_sync_progress(account: EmailAccount) -> PastSyncProgress:
         percent=percent,
         polling=in_progress and account_can_sync,
         waiting_for_account=in_progress and not account_can_sync,
+        waiting_for_initial_sync=account.initial_sync_done_at is None and account_can_sync,
     )
 
 
@@ -123,11 +134,16 @@ def _settings_context(request: HttpRequest, *, preferences_form=None, forms_of=N
         "accounts": accounts,
         "oauth_providers": _oauth_status(),
         "development_key": crypto.using_development_key(),
-        "polling": any(a.state == State.CONNECTING for a in accounts),
+        "polling": _any_syncing(accounts),
         "preferences_form": preferences_form or _preferences_form(request.user),
         "blocked_addresses": BlockedAddress.objects.filter(user=request.user),
         "block_form": BlockForm(),
     }
+
+
+def _any_syncing(accounts: list[EmailAccount]) -> bool:
+    """While an account connects, runs its initial sync or fetches past emails, its list refreshes itself."""
+    return any(account.health.status == health.SYNCING for account in accounts)
 
 
 @require_GET
@@ -136,6 +152,19 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     if _is_partial(request):
         return render(request, "mailsync/accounts/_account_list.html", context)
     return render(request, "mailsync/accounts/settings.html", context)
+
+
+@require_GET
+def account_list_status(request: HttpRequest) -> HttpResponse:
+    """The account list alone (one state per account), polled by htmx every few seconds while an account
+    syncs; a plain GET goes to the settings page."""
+    if not _is_partial(request):
+        return redirect("mailsync:settings")
+    now = timezone.now()
+    accounts = [_decorate(account, now) for account in selectors.accounts_for_user(request.user)]
+    return render(
+        request, "mailsync/accounts/_account_list.html", {"accounts": accounts, "polling": _any_syncing(accounts)}
+    )
 
 
 def _action_done(request: HttpRequest, account: EmailAccount, notice: str, *, failed: bool = False) -> HttpResponse:
@@ -320,56 +349,90 @@ def _hint_context(address: str) -> dict:
     }
 
 
+SERVER_ERROR_CODES = {
+    "private_host",
+    "unreachable",
+    "timeout",
+    "not_imap",
+    "pop3_only",
+    "tls_error",
+    "tls_hostname_mismatch",
+    "starttls_unavailable",
+}
+
+
+def _add_form(request: HttpRequest, data=None, *, initial=None) -> AddAccountForm:
+    address = ((data or {}).get("email_address") or "").strip().lower()
+    kept = kept_password.kept_for(request, address) if data is not None and address else ""
+    return AddAccountForm(data, initial=initial, kept_password=kept, default_ports=services.DEFAULT_PORTS)
+
+
 @require_http_methods(["GET", "POST"])
 def account_add(request: HttpRequest) -> HttpResponse:
+    """A1: test, then save. Reading (IMAP) must work; sending (SMTP) may be left for later ("Save without
+    sending"). After a failed try the password is kept server-side (kept_password), never rendered."""
     connection_error: errors.MailError | None = None
     resolution: services.Resolution | None = None
     show_servers = False
+    offer_without_sending = False
     if request.method == "POST":
-        form = AddAccountForm(request.POST)
+        form = _add_form(request, request.POST)
+        without_sending = request.POST.get("sending") == "skip"
         if form.is_valid():
-            resolution = services.resolve_account_settings(form.cleaned_data)
+            resolution = services.resolve_account_settings(form.cleaned_data, without_sending=without_sending)
             if resolution.account_settings is None:
                 show_servers = not resolution.oauth_only
+                offer_without_sending = resolution.smtp_missing
                 if resolution.prefill:
                     data = request.POST.copy()
                     for name, value in resolution.prefill.items():
                         data[name] = str(value)
-                    form = AddAccountForm(data)
+                    form = _add_form(request, data)
                     form.is_valid()
                 form.add_error(None, resolution.problem)
             else:
+                account_settings = resolution.account_settings
                 existing = selectors.find_account(request.user, form.cleaned_data["email_address"])
                 secret = form.cleaned_data["password"]
+                # The company's CAs of these servers: the owner types the password with them in effect.
+                company_cas = connection_config.matching_certificates(
+                    [account_settings.imap_host, account_settings.smtp_host]
+                )
                 try:
                     services.count_connection_test(user=request.user)
                     connection_config.check_connection(
-                        account_settings=resolution.account_settings,
+                        account_settings=account_settings,
                         secret=secret,
                         trusted_ca_pem=existing.trusted_ca_pem if existing else "",
+                        certificates=company_cas,
                     )
                 except errors.MailError as error:
                     connection_error = error
-                    show_servers = form.has_custom_servers or error.code in {
-                        "private_host",
-                        "unreachable",
-                        "timeout",
-                        "not_imap",
-                        "pop3_only",
-                        "tls_error",
-                        "tls_hostname_mismatch",
-                        "starttls_unavailable",
-                    }
+                    offer_without_sending = error.protocol == "smtp"
+                    show_servers = form.has_custom_servers or error.code in SERVER_ERROR_CODES
                 else:
                     account = services.connect_account(
-                        user=request.user, account_settings=resolution.account_settings, secret=secret
+                        user=request.user, account_settings=account_settings, secret=secret
                     )
-                    messages.success(request, f"{account.email_address} is connected. Its mail is being synced.")
+                    kept_password.forget(request)
+                    if account.smtp_host:
+                        messages.success(request, f"{account.email_address} is connected. Its mail is being synced.")
+                    else:
+                        messages.warning(
+                            request,
+                            f"{account.email_address} is connected for reading: its mail is being synced. Sending "
+                            "is not set up: add the account again with its SMTP server to send from the CRM.",
+                        )
                     return redirect("mailsync:settings")
         else:
             show_servers = any(form.data.get(name) for name in ("imap_host", "smtp_host"))
+        typed = form.cleaned_data.get("password") if hasattr(form, "cleaned_data") else ""
+        address = (form.cleaned_data.get("email_address") if hasattr(form, "cleaned_data") else "") or ""
+        if typed and address:
+            kept_password.keep(request, address=address, password=typed)
+            form.show_password_kept(typed)
     else:
-        form = AddAccountForm(initial={"email_address": request.GET.get("email_address", "")})
+        form = _add_form(request, initial={"email_address": request.GET.get("email_address", "")})
         show_servers = request.GET.get("provider") == "custom"
         if show_servers:
             form.initial["provider"] = "custom"
@@ -379,8 +442,11 @@ def account_add(request: HttpRequest) -> HttpResponse:
         "connection_error": connection_error,
         "show_servers": show_servers or bool(form.errors.keys() & set(AddAccountForm.SERVER_FIELDS)),
         "resolution": resolution,
+        "offer_without_sending": offer_without_sending,
+        "password_kept": bool(form.kept_password),
         "oauth_providers": _oauth_status(),
         "oauth_any_configured": any(p["configured"] for p in _oauth_status()),
+        "trusted_certificates": TrustedCertificate.objects.all(),
         **_hint_context(address),
     }
     return render(request, "mailsync/accounts/add.html", context)
@@ -539,3 +605,47 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
     account = services.connect_oauth_account(user=request.user, tokens=tokens, email_address=address)
     messages.success(request, f"{account.email_address} is connected. Its mail is being synced.")
     return redirect("mailsync:settings")
+
+
+# -- trusted certificate authorities (company admins)
+
+
+def _require_company_admin(request: HttpRequest) -> None:
+    if not request.user.is_company_admin:
+        raise Http404("No such page")
+
+
+@require_http_methods(["GET", "POST"])
+def trusted_certificates(request: HttpRequest) -> HttpResponse:
+    """A4: company admins trust a private CA for the company's own mail servers; used by the next connection
+    test and sync, no restart. Everybody else gets a 404."""
+    _require_company_admin(request)
+    form = TrustedCertificateForm()
+    if request.method == "POST":
+        form = TrustedCertificateForm(request.POST)
+        if form.is_valid():
+            try:
+                certificate = certificates.add_trusted_certificate(admin=request.user, **form.cleaned_data)
+            except ValidationError as error:
+                form.add_error(None, _error_text(error))
+            else:
+                messages.success(
+                    request,
+                    f"“{certificate.name}” is trusted for {certificate.hosts}. Owners of accounts on those servers "
+                    "use it once they connect or re-authenticate with their password.",
+                )
+                return redirect("mailsync:trusted_certificates")
+    context = {
+        "form": form,
+        "certificates": TrustedCertificate.objects.select_related("added_by").annotate(account_total=Count("accounts")),
+    }
+    return render(request, "mailsync/accounts/certificates.html", context)
+
+
+@require_POST
+def trusted_certificate_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    _require_company_admin(request)
+    certificate = get_object_or_404(TrustedCertificate, pk=pk)
+    certificates.remove_trusted_certificate(admin=request.user, certificate=certificate)
+    messages.success(request, f"“{certificate.name}” is no longer trusted.")
+    return redirect("mailsync:trusted_certificates")

@@ -30,3 +30,23 @@
     }
   });
 })();
+
+// Add a mail account: a port field follows its security choice (SSL/TLS 993 / 465, STARTTLS 143 / 587)
+// unless the user typed a port of their own. The ports come from the form (data-default-ports).
+(function () {
+  "use strict";
+  if (window.crmPortDefaultsInstalled) return;
+  window.crmPortDefaultsInstalled = true;
+
+  document.addEventListener("change", function (event) {
+    var select = event.target;
+    if (!select.matches || !select.matches("select[data-default-ports]")) return;
+    var ports = JSON.parse(select.getAttribute("data-default-ports"));
+    var field = document.getElementById(select.getAttribute("data-port-field"));
+    if (!field || !(select.value in ports)) return;
+    var known = Object.keys(ports).map(function (key) { return String(ports[key]); });
+    if (field.value === "" || known.indexOf(field.value) !== -1) {
+      field.value = ports[select.value];
+    }
+  });
+})();

@@ -10,24 +10,33 @@
     var boxes = form.querySelectorAll('input[name="thread"]');
     var checked = form.querySelectorAll('input[name="thread"]:checked').length;
     var all = form.querySelector("[data-select-all]");
+    var matching = form.querySelector("[data-select-matching]");
     if (all) {
       all.checked = boxes.length > 0 && checked === boxes.length;
       all.indeterminate = checked > 0 && checked < boxes.length;
     }
+    // "Select all N matching" stands for every conversation only while the whole page is selected too.
+    if (matching && checked < boxes.length) matching.checked = false;
     var label = form.querySelector("[data-selected-count]");
-    if (label) label.textContent = checked ? checked + " selected" : "";
+    if (label) {
+      if (matching && matching.checked) label.textContent = matching.getAttribute("data-matching-label");
+      else label.textContent = checked ? checked + " selected" : "";
+    }
     form.querySelectorAll("[data-bulk-button]").forEach(function (button) {
-      button.disabled = checked === 0;
+      button.disabled = checked === 0 && !(matching && matching.checked);
     });
   }
 
   document.addEventListener("change", function (event) {
     var form = event.target.closest && event.target.closest("[data-bulk-form]");
     if (!form) return;
-    if (event.target.matches("[data-select-all]")) {
-      form.querySelectorAll('input[name="thread"]').forEach(function (box) {
-        box.checked = event.target.checked;
-      });
+    if (event.target.matches("[data-select-all]") || event.target.matches("[data-select-matching]")) {
+      var on = event.target.checked;
+      if (event.target.matches("[data-select-all]") || on) {
+        form.querySelectorAll('input[name="thread"]').forEach(function (box) {
+          box.checked = on;
+        });
+      }
     }
     refresh(form);
   });
