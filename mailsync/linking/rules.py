@@ -40,6 +40,7 @@ from django.utils import timezone
 from contacts.models import Organization, OrganizationDomain, Person, PersonEmail
 from crm.addresses import is_free_mail_domain, normalize_domain, normalize_email
 from crm.models import User
+from crm.params import parse_id
 from deals.models import Deal
 from leads.models import Lead
 from mailsync.models import AccountAddress, EmailAccount, EmailThread, MailSettings, MessageParticipant, ThreadLink
@@ -102,6 +103,22 @@ def target_key(link: ThreadLink) -> tuple[str, int]:
         if target_id:
             return name, target_id
     raise ValueError(f"ThreadLink {link.pk} has no target")
+
+
+def visible_record(user, reference: str) -> models.Model | None:
+    """The record named by "deal:12" (person, organization, deal, lead, project) if `user` may see it;
+    None for anything else (a malformed reference, another kind, a record out of sight)."""
+    kind, _colon, raw_pk = (reference or "").partition(":")
+    model = LINKABLE_MODELS.get(kind)
+    pk = parse_id(raw_pk)
+    if model is None or pk is None:
+        return None
+    return model.objects.visible_to(user).filter(pk=pk).first()
+
+
+def reference_of(record: models.Model | None) -> str:
+    """ "deal:12" for a record (the reverse of visible_record); "" for None."""
+    return f"{target_field_for(record)}:{record.pk}" if record is not None else ""
 
 
 def target_field_for(record: models.Model) -> str:

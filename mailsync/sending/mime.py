@@ -43,6 +43,7 @@ _ATTRIBUTES = {
     "a": {"href"},
     "img": {"src", "alt", "width", "height"},
     "blockquote": {"type", "cite"},
+    "div": {"data-signature"},  # the signature block, so that switching the From account can replace it
     "td": {"colspan", "rowspan"},
     "th": {"colspan", "rowspan"},
 }
@@ -160,7 +161,8 @@ def _address(recipient: Recipient) -> Address:
     )
 
 
-def full_html(draft: Draft) -> str:
+def body_with_quote(draft: Draft) -> str:
+    """The HTML body as sent: what was written, then the quoted original of a reply or forward."""
     body = draft.html or ""
     if draft.quoted_html:
         header = html_lib.escape(draft.quote_header)
@@ -169,6 +171,11 @@ def full_html(draft: Draft) -> str:
             f'<blockquote type="cite" dir="auto" style="margin:0 0 0 .8ex;border-left:1px solid #ccc;'
             f'padding-left:1ex">{draft.quoted_html}</blockquote>'
         )
+    return body
+
+
+def full_html(draft: Draft) -> str:
+    body = body_with_quote(draft)
     return f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><div dir="auto">{body}</div></body></html>'
 
 

@@ -25,7 +25,7 @@ from mailsync.linking.rules import target_field_for
 from mailsync.models import EmailAccount, EmailMessage, MessageParticipant, OutgoingAttachment, OutgoingMessage
 from mailsync.sync.ingest import own_addresses_for
 
-from . import mime, tasks
+from . import mime, smart_fields, tasks, template_selectors, template_services
 from .addresses import AddressError, Recipient, format_recipients, parse_recipients
 from .selectors import sendable_accounts
 
@@ -148,6 +148,12 @@ def create_draft(
                 content_id=attachment.content_id.strip("<>") if attachment.is_inline else "",
                 file=ContentFile(data, name=attachment.filename or "attachment"),
             )
+    # The account's default signature, above the quote (a reply's or forward's own default).
+    signature = template_selectors.default_signature(account, reply=outgoing.kind != Kind.NEW)
+    if signature is not None:
+        block = template_services.signature_block(outgoing=outgoing, signature=signature)
+        outgoing.body_html = f'<div dir="auto"><br></div>{block}'
+        outgoing.save(update_fields=["body_html", "updated_at"])
     return outgoing
 
 
@@ -344,6 +350,28 @@ def _check_account(outgoing: OutgoingMessage) -> None:
         raise ValidationError("This account cannot send mail (it has no outgoing server, or it was removed).")
 
 
+def record_of(outgoing: OutgoingMessage) -> models.Model | None:
+    """The record the message is written from (its smart fields' deal, lead, project, person...)."""
+    return outgoing.deal or outgoing.lead or outgoing.project or outgoing.person or outgoing.organization
+
+
+def _fill_smart_fields(outgoing: OutgoingMessage, recipients: list[str]) -> None:
+    """Fill the smart fields ({{person.first_name}} ...) for these recipients; one that stays empty with no
+    fallback holds the send (W3), with a message that names it."""
+    filled = smart_fields.fill_message(
+        outgoing.owner,
+        subject=outgoing.subject,
+        body_html=outgoing.body_html,
+        recipients=recipients,
+        record=record_of(outgoing),
+        account=outgoing.account,
+    )
+    if filled.missing:
+        raise ValidationError(smart_fields.missing_fields_message(filled.missing))
+    outgoing.subject = mime.clean_header_text(filled.subject)[:998]
+    outgoing.body_html = mime.sanitize_body(filled.body_html)
+
+
 def undo_seconds() -> int:
     return settings.MAILSYNC_UNDO_SEND_SECONDS
 
@@ -355,8 +383,9 @@ def queue_message(*, outgoing: OutgoingMessage, send_at: datetime | None = None)
     the draft stays a draft."""
     locked = _editable(outgoing)
     _check_account(locked)
-    draft = build_draft(locked)
     to, cc, bcc = _recipients(locked)
+    _fill_smart_fields(locked, [recipient.address for recipient in [*to, *cc]])
+    draft = build_draft(locked)
     _check_limits(locked, len(to) + len(cc) + len(bcc))
     now = timezone.now()
     if send_at is not None and send_at <= now:

@@ -7,14 +7,27 @@ in, so what is stored is what the composer may insert.
 
 from __future__ import annotations
 
+import re
+import secrets
+
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from crm.models import User, Visibility
-from mailsync.models import EmailAccount, EmailTemplate, MailSettings, Signature, SignatureImage
+from mailsync.models import (
+    EmailAccount,
+    EmailTemplate,
+    MailSettings,
+    OutgoingAttachment,
+    OutgoingMessage,
+    Signature,
+    SignatureImage,
+)
 
-from .authoring import sanitize_body
+from . import template_selectors
+from .mime import sanitize_body
 
 MAX_TEMPLATES_PER_USER = 500
 MAX_SIGNATURES_PER_ACCOUNT = 20
@@ -182,3 +195,72 @@ def update_sender_details(*, user: User, job_title: str, phone: str) -> MailSett
     settings_row.sender_phone = _clean_line(phone, limit=50)
     settings_row.save(update_fields=["sender_job_title", "sender_phone"])
     return settings_row
+
+
+# -- signatures in a message
+
+
+SIGNATURE_IMAGE_SRC = re.compile(r'src="(?:https?://[^/"]+)?/mail/signature-images/(\d+)/"')
+
+
+def signature_block(*, outgoing: OutgoingMessage, signature: Signature | None) -> str:
+    """The signature as it goes into `outgoing`'s stored body: a <div data-signature> whose images are
+    copied into the message as inline parts (cid:), so the mail never points at this server. Empty block
+    when there is no signature (switching to an account without one removes the old one)."""
+    if signature is None or signature.account.user_id != outgoing.owner_id:
+        return '<div data-signature=""></div>'
+    images = {image.pk: image for image in signature.images.all()}
+
+    def inline(match: re.Match) -> str:
+        image = images.get(int(match.group(1)))
+        if image is None:
+            return 'src=""'
+        with image.file.open("rb") as handle:
+            data = handle.read()
+        extension = image.content_type.split("/")[1].replace("jpeg", "jpg")
+        part = OutgoingAttachment.objects.create(
+            message=outgoing,
+            filename=f"signature.{extension}",
+            content_type=image.content_type,
+            size=len(data),
+            is_inline=True,
+            content_id=f"{secrets.token_hex(8)}@crm",
+            file=ContentFile(data, name=f"signature.{extension}"),
+        )
+        return f'src="cid:{part.content_id}"'
+
+    body = SIGNATURE_IMAGE_SRC.sub(inline, signature.body_html)
+    return sanitize_body(f'<div data-signature="">{body}</div>')
+
+
+_SIGNATURE_DIV = re.compile(r'<div\b[^>]*\sdata-signature(?:="")?(?=[\s>])[^>]*>', re.IGNORECASE)
+
+
+def with_signature(body_html: str, block: str) -> str:
+    """`body_html` with its signature block replaced by `block` (or `block` added at the end)."""
+    match = _SIGNATURE_DIV.search(body_html)
+    if match is None:
+        return f"{body_html}{block}"
+    # The block ends at its matching </div>: count nested divs from its start.
+    depth, position = 0, match.start()
+    for tag in re.finditer(r"<(/?)div\b[^>]*>", body_html[match.start() :], re.IGNORECASE):
+        depth += -1 if tag.group(1) else 1
+        if depth == 0:
+            end = match.start() + tag.end()
+            return body_html[:position] + block + body_html[end:]
+    return body_html[:position] + block
+
+
+@transaction.atomic
+def switch_signature(*, outgoing: OutgoingMessage, account: EmailAccount) -> str:
+    """The From account of a draft changed: its signature becomes that account's default (for new mail or
+    for replies, as the draft is). Returns the new block (stored form, cid: images); the draft's stored
+    body is updated too, so a reload shows what the editor shows."""
+    locked = OutgoingMessage.objects.select_for_update().get(pk=outgoing.pk)
+    if locked.state != OutgoingMessage.State.DRAFT or account.user_id != locked.owner_id:
+        raise PermissionDenied("Only the author's own drafts and accounts.")
+    reply = locked.kind != OutgoingMessage.Kind.NEW
+    block = signature_block(outgoing=locked, signature=template_selectors.default_signature(account, reply=reply))
+    locked.body_html = with_signature(locked.body_html, block)
+    locked.save(update_fields=["body_html", "updated_at"])
+    return block

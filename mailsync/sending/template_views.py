@@ -15,16 +15,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from contacts.models import Organization, Person
 from crm.models import Visibility
 from crm.params import parse_id
-from deals.models import Deal
-from leads.models import Lead
-from projects.models import Project
+from mailsync.linking.rules import visible_record
 
 from . import smart_fields, template_selectors, template_services
 
-RECORD_MODELS = {"person": Person, "organization": Organization, "deal": Deal, "lead": Lead, "project": Project}
 MAX_RECIPIENTS_FOR_FIELDS = 100
 
 
@@ -258,16 +254,6 @@ def signature_image(request: HttpRequest, pk: int) -> HttpResponse:
 # -- for the composer
 
 
-def _record_from(request: HttpRequest):
-    """`record=deal:12` -> that deal if the user may see it, else None (never a 404: fields just stay empty)."""
-    kind, _colon, raw_id = request.GET.get("record", "").partition(":")
-    model = RECORD_MODELS.get(kind)
-    pk = parse_id(raw_id)
-    if model is None or pk is None:
-        return None
-    return model.objects.visible_to(request.user).filter(pk=pk).first()
-
-
 @require_GET
 def template_picker(request: HttpRequest) -> HttpResponse:
     """The composer's template search: a list of templates to insert (htmx fragment)."""
@@ -284,9 +270,8 @@ def template_fill(request: HttpRequest, pk: int) -> HttpResponse:
     recipients = [a for a in request.GET.getlist("to") if a][:MAX_RECIPIENTS_FOR_FIELDS]
     account_pk = parse_id(request.GET.get("account", ""))
     account = template_selectors.own_account_or_none(request.user, account_pk)
-    sources = smart_fields.sources_for(
-        request.user, recipients=recipients, record=_record_from(request), account=account
-    )
+    record = visible_record(request.user, request.GET.get("record", ""))
+    sources = smart_fields.sources_for(request.user, recipients=recipients, record=record, account=account)
     values = smart_fields.values_for(sources)
     subject = smart_fields.render(template.subject, values, in_html=False)
     body = smart_fields.render(template.body_html, values, in_html=True, mark_missing=True)

@@ -22,9 +22,9 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
 from crm.params import parse_id
-from mailsync.linking.rules import LINKABLE_MODELS
+from mailsync.linking.rules import reference_of, visible_record
 from mailsync.models import EmailMessage, OutgoingAttachment, OutgoingMessage
-from mailsync.sending import selectors, services
+from mailsync.sending import mime, selectors, services, smart_fields, template_services
 from mailsync.sending.addresses import AddressError, parse_recipients
 
 from . import display
@@ -64,15 +64,6 @@ def _to_cid(outgoing: OutgoingMessage, html: str) -> str:
     return html
 
 
-def _visible_record(user, value: str):
-    kind, _, raw_pk = (value or "").partition(":")
-    model = LINKABLE_MODELS.get(kind)
-    pk = parse_id(raw_pk)
-    if model is None or pk is None:
-        return None
-    return model.objects.visible_to(user).filter(pk=pk).first()
-
-
 # --- Starting a message -----------------------------------------------------------------------------------
 
 
@@ -80,7 +71,7 @@ def _visible_record(user, value: str):
 def compose_new(request: HttpRequest) -> HttpResponse:
     """A new draft (To from ?to=, or the person of ?record=kind:pk), then the composer. Reached from the
     Compose buttons, the "Email" action of record pages and address links (W6)."""
-    record = _visible_record(request.user, request.GET.get("record", ""))
+    record = visible_record(request.user, request.GET.get("record", ""))
     try:
         outgoing = services.create_draft(user=request.user, record=record, to=request.GET.get("to", "")[:1000])
     except ValidationError as error:
@@ -125,6 +116,7 @@ def _composer_context(request: HttpRequest, outgoing: OutgoingMessage, *, errors
         "undo_seconds": services.undo_seconds(),
         "min_send_at": timezone.localtime().strftime("%Y-%m-%dT%H:%M"),
         "field_errors": field_errors,
+        "record_reference": reference_of(services.record_of(outgoing)),
         "copies_shown": bool(
             outgoing.cc_addresses or outgoing.bcc_addresses or field_errors["cc"] or field_errors["bcc"]
         ),
@@ -199,6 +191,56 @@ def compose_send(request: HttpRequest, pk: int) -> HttpResponse:
         context = _composer_context(request, outgoing, errors=errors)
         return _no_store(render(request, "mailsync/compose/compose.html", context, status=422))
     return redirect("mailsync:outgoing_detail", pk=outgoing.pk)
+
+
+@require_POST
+def compose_signature(request: HttpRequest, pk: int) -> HttpResponse:
+    """The From account changed: the draft's signature becomes that account's default. Answers the new
+    signature block for the editor (images as links to this draft's files)."""
+    outgoing = _outgoing(request, pk)
+    account_id = parse_id(request.POST.get("account", ""))
+    account = selectors.sendable_accounts(request.user).filter(pk=account_id).first() if account_id else None
+    if account is None or outgoing.state != OutgoingMessage.State.DRAFT:
+        raise Http404("No such account.")
+    block = template_services.switch_signature(outgoing=outgoing, account=account)
+    return _no_store(HttpResponse(_to_urls(outgoing, block), content_type="text/html; charset=utf-8"))
+
+
+@require_POST
+def compose_preview(request: HttpRequest, pk: int) -> HttpResponse:
+    """The message as the recipient will get it: the draft is saved, its smart fields filled for its
+    recipients and record; the fields that would hold the send are listed."""
+    outgoing = _outgoing(request, pk)
+    try:
+        outgoing = _save(request, outgoing)
+    except ValidationError as error:
+        return JsonResponse({"error": " ".join(error.messages)}, status=409)
+    try:
+        recipients = [
+            r.address for r in parse_recipients(outgoing.to_addresses) + parse_recipients(outgoing.cc_addresses)
+        ]
+    except AddressError:
+        recipients = []
+    filled = smart_fields.fill_message(
+        request.user,
+        subject=outgoing.subject,
+        body_html=outgoing.body_html,
+        recipients=recipients,
+        record=services.record_of(outgoing),
+        account=outgoing.account,
+    )
+    draft = services.build_draft(outgoing)
+    draft.html = _to_urls(outgoing, filled.body_html)
+    document = display.frame_document(mime.body_with_quote(draft))
+    return _no_store(
+        JsonResponse(
+            {
+                "subject": filled.subject,
+                "document": document,
+                "missing": [smart_fields.label_of(key) for key in filled.missing],
+            }
+        )
+    )
 
 
 @require_POST

@@ -122,6 +122,7 @@
 
     form.addEventListener("input", function () { dirty = true; });
     form.addEventListener("change", function () { dirty = true; });
+    initTemplates(form, editor, syncBody, function () { dirty = true; });
     window.setInterval(save, SAVE_EVERY_MS);
 
     function saveOnLeave() {
@@ -327,6 +328,101 @@
         checkField(input);
       });
     });
+  }
+
+  // --- templates, signatures and the preview (Settings > Email templates) ----------------------------
+  function addressesOf(form) {
+    var found = [];
+    ["to", "cc"].forEach(function (name) {
+      var field = form.querySelector("[name=" + name + "]");
+      (field ? field.value : "").split(/[,;]/).forEach(function (token) {
+        var angle = token.match(/<([^<>]+)>/);
+        var address = (angle ? angle[1] : token).trim();
+        if (address.indexOf("@") > 0) found.push(address);
+      });
+    });
+    return found;
+  }
+
+  function initTemplates(form, editor, syncBody, markDirty) {
+    var panel = form.querySelector("[data-template-panel]");
+    var status = form.querySelector("[data-template-status]");
+    var subject = form.querySelector("[name=subject]");
+    var account = form.querySelector("[name=account]");
+    if (!editor || !panel) return;
+    panel.hidden = false;
+
+    panel.addEventListener("click", function (event) {
+      var pick = event.target.closest("[data-template-fill]");
+      if (!pick) return;
+      event.preventDefault();
+      var params = new URLSearchParams();
+      addressesOf(form).forEach(function (address) { params.append("to", address); });
+      if (form.dataset.record) params.append("record", form.dataset.record);
+      if (account && account.value) params.append("account", account.value);
+      fetch(pick.dataset.templateFill + "?" + params.toString(), { credentials: "same-origin" })
+        .then(function (response) { if (!response.ok) throw new Error(String(response.status)); return response.json(); })
+        .then(function (body) {
+          if (subject && !subject.value.trim()) subject.value = body.subject;
+          editor.focus();
+          editor.insertHTML(body.body_html);
+          syncBody();
+          markDirty();
+          panel.open = false;
+          if (body.missing.length) {
+            status.textContent = "Fill in before sending (highlighted): " +
+              body.missing.map(function (item) { return item.label; }).join(", ") + ".";
+          } else {
+            status.textContent = "";
+          }
+        })
+        .catch(function () { status.textContent = "The template could not be inserted. Try again."; });
+    });
+
+    if (account && form.dataset.signatureUrl) {
+      account.addEventListener("change", function () {
+        var data = new FormData();
+        data.append("account", account.value);
+        data.append("csrfmiddlewaretoken", form.querySelector("[name=csrfmiddlewaretoken]").value);
+        fetch(form.dataset.signatureUrl, { method: "POST", body: data, credentials: "same-origin" })
+          .then(function (response) { if (!response.ok) throw new Error(String(response.status)); return response.text(); })
+          .then(function (block) {
+            var root = editor.getRoot();
+            var old = root.querySelector("[data-signature]");
+            var holder = document.createElement("div");
+            holder.innerHTML = window.DOMPurify ? window.DOMPurify.sanitize(block) : "";
+            var fresh = holder.firstElementChild;
+            if (!fresh) return;
+            if (old) old.replaceWith(fresh); else root.appendChild(fresh);
+            syncBody();
+            markDirty();
+          })
+          .catch(function () { status.textContent = "The signature of that account could not be loaded."; });
+      });
+    }
+
+    var previewButton = form.querySelector("[data-preview]");
+    var dialog = document.querySelector("[data-preview-dialog]");
+    if (previewButton && dialog && form.dataset.previewUrl) {
+      previewButton.hidden = false;
+      previewButton.addEventListener("click", function () {
+        syncBody();
+        var data = new FormData(form);
+        data.delete("when");
+        fetch(form.dataset.previewUrl, { method: "POST", body: data, credentials: "same-origin" })
+          .then(function (response) { return response.json(); })
+          .then(function (body) {
+            if (body.error) { status.textContent = body.error; return; }
+            dialog.querySelector("[data-preview-subject]").textContent = body.subject || "(no subject)";
+            dialog.querySelector("[data-preview-missing]").textContent = body.missing.length ?
+              "Sending waits until these have a value or a fallback: " + body.missing.join(", ") + "." : "";
+            dialog.querySelector("[data-preview-frame]").srcdoc = body.document;
+            dialog.showModal();
+          })
+          .catch(function () { status.textContent = "The preview could not be made. Try again."; });
+      });
+      dialog.querySelector("[data-preview-close]").addEventListener("click", function () { dialog.close(); });
+    }
   }
 
   function start() {
