@@ -185,6 +185,7 @@ def test_the_composer_offers_templates_and_knows_its_record(alice, ann_deal):
     draft = services.create_draft(user=alice, record=ann_deal)
     page = client.get(reverse("mailsync:compose", args=[draft.pk])).content.decode()
     assert f'data-record="deal:{ann_deal.pk}"' in page and "Insert a template" in page
+    assert '<option value="person.first_name">Person: First name</option>' in page  # the smart-field picker
     picker = client.get(reverse("mailsync:template_picker"), {"q": "follow"}).content.decode()
     assert "Follow-up" in picker and "data-template-fill" in picker
 
@@ -223,6 +224,9 @@ def test_a_template_with_fields_inserted_into_a_reply_is_sent_filled(
     page.wait_for_selector('[data-reply-shortcut="r"]')
     page.keyboard.press("r")
     page.wait_for_selector("[data-editor]:not([hidden])")
+    page.locator("[data-editor]").click()
+    page.select_option("[data-compose-field-picker]", "person.last_name")
+    page.wait_for_selector("[data-editor] :text('{{person.last_name}}')")
     page.click("[data-template-panel] summary")
     page.fill("#compose-template-search", "follow")
     page.click(".template-pick:has-text('Follow-up')")
@@ -244,7 +248,7 @@ def test_a_template_with_fields_inserted_into_a_reply_is_sent_filled(
     [sent] = received_by(smtp_server, mail_user)
     parsed = email.message_from_bytes(sent.data, policy=email.policy.default)
     text = parsed.get_body(("plain",)).get_content()
-    assert "Hi Ann, about Acme renewal (no lead)." in text and "{{" not in text
+    assert "Hi Ann, about Acme renewal (no lead)." in text and "Buyer" in text and "{{" not in text
     assert parsed["In-Reply-To"] == "<q1@acme.example>" and sent.rcpt_tos == ["ann@acme.example"]
 
 

@@ -117,6 +117,7 @@ def _composer_context(request: HttpRequest, outgoing: OutgoingMessage, *, errors
         "min_send_at": timezone.localtime().strftime("%Y-%m-%dT%H:%M"),
         "field_errors": field_errors,
         "record_reference": reference_of(services.record_of(outgoing)),
+        "catalogue": smart_fields.CATALOGUE,
         "copies_shown": bool(
             outgoing.cc_addresses or outgoing.bcc_addresses or field_errors["cc"] or field_errors["bcc"]
         ),

@@ -401,6 +401,20 @@
       });
     }
 
+    var fieldRow = form.querySelector("[data-field-picker-row]");
+    var fieldPicker = form.querySelector("[data-compose-field-picker]");
+    if (fieldRow && fieldPicker) {
+      fieldRow.hidden = false;
+      fieldPicker.addEventListener("change", function () {
+        if (!fieldPicker.value) return;
+        editor.focus();
+        editor.insertPlainText("{{" + fieldPicker.value + "}}");
+        fieldPicker.value = "";
+        syncBody();
+        markDirty();
+      });
+    }
+
     var previewButton = form.querySelector("[data-preview]");
     var dialog = document.querySelector("[data-preview-dialog]");
     if (previewButton && dialog && form.dataset.previewUrl) {
