@@ -340,3 +340,22 @@ def test_a_message_about_to_be_sent_is_filled_for_its_recipients_and_says_what_i
     assert filled.body_html == "<p>Hi Ann, our project {{lead.source}}</p>"
     assert filled.missing == ("lead.source",)
     assert "Lead: Source" in smart_fields.missing_fields_message(filled.missing)
+
+
+def test_the_signature_field_is_the_signatures_text_without_links_to_this_server(alice):
+    account = EmailAccountFactory(user=alice, email_address="alice@company.test")
+    signature = template_services.save_signature(
+        user=alice,
+        account=account,
+        name="Logo",
+        body_html='<p>Alice</p><p><img src="/mail/signature-images/7/" alt=""></p>',
+        default_for_new=True,
+        default_for_replies=False,
+    )
+    values = smart_fields.values_for(smart_fields.sources_for(alice, account=account, signature=signature))
+    rendered = smart_fields.render("<div>{{sender.signature}}</div>", values, in_html=True).text
+    assert "Alice" in rendered and "signature-images" not in rendered
+    assert smart_fields.render("{{sender.signature}}", values, in_html=False).text == "Alice"
+    # Without a signature named, the From account's default one.
+    values = smart_fields.values_for(smart_fields.sources_for(alice, account=account))
+    assert smart_fields.render("{{sender.signature}}", values, in_html=False).text == "Alice"

@@ -30,6 +30,9 @@ from projects.models import Project
 # {{ group.field }} or {{ group.field | fallback }}; a fallback holds no braces and no bar.
 FIELD_RE = re.compile(r"\{\{\s*([A-Za-z_]{1,30})\.([A-Za-z_]{1,40})\s*(?:\|([^{}|]{0,200}))?\}\}")
 _TAG_RE = re.compile(r"<[^>]*>")
+# As a field, a signature is its text: its images are sent as inline parts only when the signature itself
+# is inserted (template_services.signature_block), never as links to this server.
+_SIGNATURE_IMAGE = re.compile(r'<img\b[^>]*src="(?:https?://[^/"]+)?/mail/signature-images/\d+/"[^>]*>', re.IGNORECASE)
 MISSING_CLASS = "smart-field-missing"
 
 
@@ -175,7 +178,7 @@ CATALOGUE: tuple[Group, ...] = (
                 "sender",
                 "signature",
                 "Signature",
-                lambda s: HtmlValue(s.signature.body_html) if s.signature else "",
+                lambda s: HtmlValue(_SIGNATURE_IMAGE.sub("", s.signature.body_html)) if s.signature else "",
             ),
         ),
     ),
@@ -335,6 +338,8 @@ def sources_for(
         account = None
     if signature is not None and (account is None or signature.account_id != account.pk):
         signature = None
+    if signature is None and account is not None:
+        signature = Signature.objects.filter(account=account, is_default_for_new=True).first()
     return Sources(
         sender=user,
         person=person,
