@@ -186,6 +186,13 @@ def test_the_composer_offers_templates_and_knows_its_record(alice, ann_deal):
     page = client.get(reverse("mailsync:compose", args=[draft.pk])).content.decode()
     assert f'data-record="deal:{ann_deal.pk}"' in page and "Insert a template" in page
     assert '<option value="person.first_name">Person: First name</option>' in page  # the smart-field picker
+    services.save_draft(
+        outgoing=draft, to="", cc="", bcc="", subject="", body_html="<p>{{person.first_name}} {{deal.title|x}}</p>"
+    )
+    page = client.get(reverse("mailsync:compose", args=[draft.pk])).content.decode()
+    # Opened again, a field still to fill is marked (one with a fallback is not).
+    assert "&lt;mark class=&quot;smart-field-missing&quot; data-field=&quot;person.first_name&quot;&gt;" in page
+    assert "&lt;mark class=&quot;smart-field-missing&quot; data-field=&quot;deal.title" not in page
     picker = client.get(reverse("mailsync:template_picker"), {"q": "follow"}).content.decode()
     assert "Follow-up" in picker and "data-template-fill" in picker
 

@@ -245,6 +245,19 @@ def render(source: str, values: Mapping[str, str], *, in_html: bool, mark_missin
     return Rendered(text=text, missing=tuple(missing), unknown=tuple(unknown))
 
 
+def highlight(html_text: str) -> str:
+    """The HTML with every known field that has no fallback marked for the editor (nothing filled): what
+    the composer shows when a draft is opened again. The marks are for the screen only: saving drops them."""
+
+    def mark(match: re.Match) -> str:
+        key = f"{match.group(1).lower()}.{match.group(2).lower()}"
+        if key not in FIELDS or (match.group(3) or "").strip():
+            return match.group(0)
+        return f'<mark class="{MISSING_CLASS}" data-field="{key}">{match.group(0)}</mark>'
+
+    return FIELD_RE.sub(mark, html_text)
+
+
 def fields_in(*texts: str) -> list[str]:
     """The known fields still written in these texts, in order (what holds a send)."""
     found: list[str] = []

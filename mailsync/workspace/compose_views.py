@@ -108,7 +108,7 @@ def _composer_context(request: HttpRequest, outgoing: OutgoingMessage, *, errors
     return {
         "outgoing": outgoing,
         "accounts": selectors.sendable_accounts(request.user),
-        "editor_html": _to_urls(outgoing, outgoing.body_html),
+        "editor_html": smart_fields.highlight(_to_urls(outgoing, outgoing.body_html)),
         "attachments": [a for a in outgoing.attachments.all() if not a.is_inline],
         "quote_document": quote_document,
         "frame_sandbox": display.FRAME_SANDBOX,
