@@ -236,6 +236,9 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": float(MAILSYNC_SYNC_INTERVAL)},
     },
 }
+# IDLE watchers (manage.py sync_mail): a watcher that stops renewing its lease for this long (killed,
+# frozen, cut off) loses its accounts to the others; takeover within this + a third of it.
+MAILSYNC_WATCHER_LEASE_SECONDS = float(os.environ.get("MAILSYNC_WATCHER_LEASE_SECONDS", "30"))
 MAILSYNC_CONNECT_TIMEOUT = float(os.environ.get("MAILSYNC_CONNECT_TIMEOUT", "15"))
 # Mail servers on private, loopback, link-local or reserved addresses are refused (the add-account form
 # must not probe the internal network) unless this is on: `make run` and the test suite set it (local
