@@ -220,6 +220,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Queues (mailsync.sync.tasks): "sync" for new mail, "sync-bulk" for initial and past-email syncs, and
+# Celery's default "celery" for the rest (linking, search index, outbox). Every queue needs a worker.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {"mailsync.tasks.sync_account": {"queue": "sync"}}
 CELERY_TIMEZONE = TIME_ZONE
 
 # Mail sync

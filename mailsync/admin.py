@@ -251,7 +251,7 @@ class EmailAccountAdmin(admin.ModelAdmin):
         waiting = {EmailAccount.State.PAUSED, EmailAccount.State.REMOVED, EmailAccount.State.NEEDS_REAUTH}
         active = [a for a in queryset if a.state not in waiting]
         for account in active:
-            sync_tasks.sync_account.delay(account.pk)
+            sync_tasks.enqueue_sync(account.pk)
         self._log_action(request, active, "Sync requested (admin action).")
         self.message_user(request, f"Sync queued for {len(active)} account(s).", messages.SUCCESS)
 

@@ -4,13 +4,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from mailsync.models import EmailAccount, SyncWatcher, WatcherLease
 from mailsync.sync import leases
 from tests.mail_factories import EmailAccountFactory
+from tests.test_sync import make_account
 
 
 def _accounts(count: int, **fields) -> list[EmailAccount]:
@@ -94,3 +102,123 @@ def test_a_clean_stop_hands_the_accounts_over_at_once():
     leases.unregister("w:1:aa")
     assert WatcherLease.objects.count() == 0
     assert len(leases.rebalance("w:2:bb", leases.heartbeat("w:2:bb")).held) == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# `manage.py sync_mail` as real processes against a real Dovecot
+
+ROOT = Path(__file__).resolve().parents[1]
+LEASE = 3  # seconds (production default 30)
+
+
+def _dovecot_accounts(user, dovecot, count: int) -> list[EmailAccount]:
+    return [make_account(user, dovecot.add_user(), dovecot) for _ in range(count)]
+
+
+def _watcher_env() -> dict[str, str]:
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        MAILSYNC_WATCHER_LEASE_SECONDS=str(LEASE),
+        MAILSYNC_ALLOW_PRIVATE_HOSTS="1",
+        # The watchers only enqueue: into an in-memory broker nobody consumes (syncing is not under test).
+        CELERY_TASK_ALWAYS_EAGER="0",
+        CELERY_BROKER_URL="memory://",
+    )
+    return env
+
+
+def _start_watcher(log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "sync_mail"],
+            cwd=ROOT,
+            env=_watcher_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _imap_sessions(dovecot) -> dict[str, int]:
+    """Dovecot's own count of open IMAP connections per user (`doveadm who`)."""
+    sessions = {}
+    for line in dovecot.doveadm("who").splitlines()[1:]:
+        fields = line.split()
+        if fields:
+            sessions[fields[0].split("@")[0]] = int(fields[1])
+    return sessions
+
+
+def _watcher_db_connections() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sync_mail watcher' AND datname = %s",
+            [connection.settings_dict["NAME"]],
+        )
+        return cursor.fetchone()[0]
+
+
+def _held_by_watcher() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for watcher_id in WatcherLease.objects.values_list("watcher_id", flat=True):
+        counts[watcher_id] = counts.get(watcher_id, 0) + 1
+    return counts
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_watcher_processes_share_the_accounts_and_take_over_after_kill_9(alice, dovecot, tmp_path):
+    if connection.vendor != "postgresql":
+        pytest.skip("runs against PostgreSQL (pg_stat_activity, SKIP LOCKED)")
+    accounts = _dovecot_accounts(alice, dovecot, 30)
+    names = {a.username.split("@")[0] for a in accounts}
+    first = _start_watcher(tmp_path / "first.log")
+    second = _start_watcher(tmp_path / "second.log")
+    try:
+        most_db_connections = most_sessions = 0
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            most_db_connections = max(most_db_connections, _watcher_db_connections())
+            held = _held_by_watcher()
+            sessions = {name: n for name, n in _imap_sessions(dovecot).items() if name in names}
+            most_sessions = max([most_sessions, *sessions.values()])
+            if sorted(held.values()) == [15, 15] and sessions == dict.fromkeys(names, 1):
+                break
+            time.sleep(0.2)
+        assert sorted(held.values()) == [15, 15], (held, (tmp_path / "first.log").read_text()[-2000:])
+        # Dovecot's view: every account has exactly one IDLE connection, none has two.
+        assert sessions == dict.fromkeys(names, 1)
+        assert most_sessions == 1, "an account was watched twice while the second watcher took its share"
+        # 30 IDLE connections, and the watchers' database connections stay one each (not one per account).
+        assert most_db_connections <= 2
+
+        victim_id = next(w for w in held if w.split(":")[1] == str(first.pid))
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        killed = time.monotonic()
+        while time.monotonic() < killed + 4 * LEASE + 10:
+            held = _held_by_watcher()
+            if list(held.values()) == [30] and victim_id not in held:
+                break
+            time.sleep(0.1)
+        takeover = time.monotonic() - killed
+        assert list(held.values()) == [30], held
+        assert takeover < LEASE + LEASE / 3 + 3, f"takeover took {takeover:.1f} s"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            sessions = {name: n for name, n in _imap_sessions(dovecot).items() if name in names}
+            if sessions == dict.fromkeys(names, 1):
+                break
+            time.sleep(0.2)
+        assert sessions == dict.fromkeys(names, 1)
+        assert _watcher_db_connections() <= 1
+    finally:
+        _stop(first)
+        _stop(second)

@@ -394,6 +394,7 @@ class ImapSession:
         self.condstore_enabled = False
         self.qresync_enabled = False
         self.selected: SelectedFolder | None = None
+        self._empty_reads = 0
 
     def __enter__(self) -> ImapSession:
         return self
@@ -428,6 +429,11 @@ class ImapSession:
         except Exception:
             with contextlib.suppress(Exception):
                 self._client.shutdown()
+
+    def abort(self) -> None:
+        """Close the connection at once, without LOGOUT (never blocks, never raises)."""
+        with contextlib.suppress(Exception):
+            self._client.shutdown()
 
     def noop(self) -> None:
         with _classified(self._config):
@@ -609,6 +615,43 @@ class ImapSession:
             finally:
                 _, done_responses = self._client.idle_done()
         return any(_is_change(r) for r in list(responses) + list(done_responses))
+
+    # -- IDLE held in an event loop (mailsync.sync.watcher keeps many sessions in one selector)
+    def start_idle(self) -> bool:
+        """Enter IDLE on the selected folder and return at once; False if the server has no IDLE (poll
+        with `poll_changes` instead). Then wait for `fileno()` to become readable and call `read_idle`."""
+        if not self.has_capability("IDLE"):
+            return False
+        self._empty_reads = 0
+        with _classified(self._config):
+            self._client.idle()
+        return True
+
+    def fileno(self) -> int:
+        return self._client.socket().fileno()
+
+    def read_idle(self) -> bool:
+        """The socket is readable during IDLE: read what the server said; True if the folder changed.
+
+        Raises errors.ConnectionLost when the server said BYE or closed the connection (imapclient
+        returns nothing for a closed socket, which then stays readable: a few empty reads in a row)."""
+        with _classified(self._config):
+            responses = self._client.idle_check(timeout=0)
+        if not responses:
+            self._empty_reads += 1
+            if self._empty_reads >= 3:
+                raise errors.ConnectionLost(detail=f"{self._config.host}: closed during IDLE", protocol="imap")
+            return False
+        self._empty_reads = 0
+        if any(isinstance(r, tuple) and r and _text(r[0]).upper() == "BYE" for r in responses):
+            raise errors.ConnectionLost(detail=f"{self._config.host}: BYE during IDLE", protocol="imap")
+        return any(_is_change(r) for r in responses)
+
+    def stop_idle(self) -> bool:
+        """Leave IDLE (DONE); True if the server reported a change meanwhile."""
+        with _classified(self._config):
+            _, responses = self._client.idle_done()
+        return any(_is_change(r) for r in responses)
 
     # -- changing (in the selected folder)
     def add_flags(self, uids: Iterable[int], flags: Iterable[str]) -> None:

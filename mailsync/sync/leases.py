@@ -116,19 +116,23 @@ class Rebalance:
     released: set[int]
 
 
-def rebalance(watcher_id: str, held: set[int], *, shard: Shard | None = None, limit: int | None = None) -> Rebalance:
-    """Release what this watcher should no longer watch, claim up to its fair share (at most `limit`)."""
+def rebalance(
+    watcher_id: str, held: set[int], *, shard: Shard | None = None, only: list[int] | None = None
+) -> Rebalance:
+    """Release what this watcher should no longer watch, claim up to its fair share.
+
+    `only`: watch these accounts and no others (`sync_mail --account`)."""
+    accounts = watchable_accounts(shard)
+    if only:
+        accounts = accounts.filter(pk__in=only)
     released = set(
         WatcherLease.objects.filter(watcher_id=watcher_id)
-        .exclude(account__state__in=WATCHED_STATES)
+        .exclude(account__in=accounts.values("pk"))
         .values_list("account_id", flat=True)
     )
     held = held - released
-    accounts = watchable_accounts(shard)
     live = SyncWatcher.objects.filter(expires_at__gte=timezone.now(), shard=str(shard or "")).count()
     share = math.ceil(accounts.count() / max(live, 1))
-    if limit is not None:
-        share = min(share, limit)
     if len(held) > share:
         released |= set(sorted(held)[share:])
         held = held - released
