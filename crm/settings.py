@@ -243,6 +243,9 @@ CELERY_BEAT_SCHEDULE = {
 # IDLE watchers (manage.py sync_mail): a watcher that stops renewing its lease for this long (killed,
 # frozen, cut off) loses its accounts to the others; takeover within this + a third of it.
 MAILSYNC_WATCHER_LEASE_SECONDS = float(os.environ.get("MAILSYNC_WATCHER_LEASE_SECONDS", "30"))
+# Simultaneous IMAP connections to one mailbox (watchers and workers together) on a server without a
+# provider preset; the presets carry their provider's cap (Gmail 15, Microsoft 16). Dovecot's default is 10.
+MAILSYNC_MAX_CONNECTIONS_PER_MAILBOX = int(os.environ.get("MAILSYNC_MAX_CONNECTIONS_PER_MAILBOX", "10"))
 MAILSYNC_CONNECT_TIMEOUT = float(os.environ.get("MAILSYNC_CONNECT_TIMEOUT", "15"))
 # Mail servers on private, loopback, link-local or reserved addresses are refused (the add-account form
 # must not probe the internal network) unless this is on: `make run` and the test suite set it (local

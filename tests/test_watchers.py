@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,8 +17,14 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from mailsync.models import EmailAccount, SyncWatcher, WatcherLease
-from mailsync.sync import leases
+from devtools.mailservers import LineServer
+from mailsync.accounts import providers
+from mailsync.connection import limits
+from mailsync.models import ConnectionSlot, EmailAccount, SyncWatcher, WatcherLease
+from mailsync.protocols import errors
+from mailsync.sync import engine, leases
+from mailsync.sync import watcher as watcher_module
+from mailsync.sync.watcher import Watcher
 from tests.mail_factories import EmailAccountFactory
 from tests.test_sync import make_account
 
@@ -222,3 +230,116 @@ def test_two_watcher_processes_share_the_accounts_and_take_over_after_kill_9(ali
     finally:
         _stop(first)
         _stop(second)
+
+
+# --------------------------------------------------------------------------------------------------
+# Caps on simultaneous connections, and errors that are seen (in-process watcher, real Dovecot)
+
+
+@contextlib.contextmanager
+def watching(account_ids, enqueued: list[int]):
+    """The watcher in a thread, recording what it enqueues instead of syncing."""
+    watcher = Watcher(account_ids=account_ids, enqueue=enqueued.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield watcher
+    finally:
+        stop.set()
+        thread.join(timeout=40)
+
+
+@pytest.mark.django_db
+def test_connection_slots_stop_at_the_cap_and_expire(settings):
+    settings.MAILSYNC_MAX_CONNECTIONS_PER_MAILBOX = 2
+    account, same_login = _accounts(2)
+    EmailAccount.objects.filter(pk=same_login.pk).update(username=account.username)
+    same_login.refresh_from_db()
+    first = limits.acquire(account, holder="a", seconds=60)
+    second = limits.acquire(same_login, holder="b", seconds=60)  # the same mailbox: the same cap
+    assert first and second
+    assert limits.acquire(account, holder="c", seconds=60) is None
+    with pytest.raises(errors.TooManyConnections), limits.imap_slot(account, seconds=60):
+        pass
+    limits.release(first)
+    assert limits.acquire(account, holder="c", seconds=60)
+    ConnectionSlot.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    assert limits.acquire(account, holder="d", seconds=60)  # a dead holder's slots do not count
+
+
+def test_the_presets_carry_the_providers_caps():
+    caps = providers.connection_caps()
+    assert caps["imap.gmail.com"] == 15
+    assert caps["outlook.office365.com"] == 16
+    assert limits.cap_for(EmailAccount(imap_host="IMAP.gmail.com")) == 15
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_capped_mailbox_never_gets_more_connections_than_its_cap(
+    settings, alice, bob, charlie, admin_user, dovecot, mail_user
+):
+    settings.MAILSYNC_MAX_CONNECTIONS_PER_MAILBOX = 2
+    # Four CRM accounts of one mailbox (the same login): together they may hold two connections.
+    accounts = [make_account(owner, mail_user, dovecot) for owner in (alice, bob, charlie, admin_user)]
+    enqueued: list[int] = []
+    most = 0
+    with watching([a.pk for a in accounts], enqueued):
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            most = max(most, _imap_sessions(dovecot).get(mail_user.name, 0))
+            if len(set(enqueued)) >= 2 and time.monotonic() > deadline - 5:
+                break
+            time.sleep(0.1)
+        assert most == 2
+        assert ConnectionSlot.objects.count() == 2
+        watched = set(enqueued)
+        waiting = [a for a in accounts if a.pk not in watched]
+        assert len(watched) == 2 and len(waiting) == 2
+        # A sync of a waiting account finds no slot either, and says why on the account.
+        report = engine.sync_account(waiting[0].pk)
+        assert report.error is not None and report.error.code == "too_many_connections"
+        assert _imap_sessions(dovecot).get(mail_user.name, 0) <= 2
+    waiting[0].refresh_from_db()
+    assert waiting[0].last_error_code == "too_many_connections"
+    assert ConnectionSlot.objects.count() == 0  # a clean stop gives the slots back
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unwatchable_account_shows_its_error_once_in_the_log_and_the_others_are_watched(
+    monkeypatch, caplog, alice, bob, charlie, dovecot, mail_user, closed_port
+):
+    monkeypatch.setattr(watcher_module, "FIRST_RETRY_DELAY", 0.1)
+    monkeypatch.setattr(watcher_module, "MAX_RETRY_DELAY", 0.2)
+    busy_server = LineServer(b"* BYE [ALERT] Too many simultaneous connections. (Failure)\r\n")
+    working = make_account(alice, mail_user, dovecot)
+    unreachable = make_account(bob, mail_user, dovecot)
+    busy = make_account(charlie, mail_user, dovecot)
+    # A new account (still connecting) whose server is down, and a server that is full.
+    EmailAccount.objects.filter(pk=unreachable.pk).update(
+        imap_port=closed_port, imap_security="none", state=EmailAccount.State.CONNECTING
+    )
+    EmailAccount.objects.filter(pk=busy.pk).update(imap_port=busy_server.port, imap_security="none")
+    enqueued: list[int] = []
+    try:
+        with caplog.at_level("INFO"), watching([working.pk, unreachable.pk, busy.pk], enqueued):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                unreachable.refresh_from_db()
+                if unreachable.consecutive_failures >= 4 and working.pk in enqueued:
+                    break
+                time.sleep(0.1)
+    finally:
+        busy_server.close()
+    unreachable.refresh_from_db()
+    busy.refresh_from_db()
+    assert working.pk in enqueued  # the others are watched
+    assert unreachable.consecutive_failures >= 4  # retried, with its backoff
+    assert unreachable.state == EmailAccount.State.ERROR
+    assert unreachable.last_error_code == "unreachable" and unreachable.last_error_message
+    lines = [r.getMessage() for r in caplog.records if f"mail account {unreachable.pk} " in r.getMessage()]
+    assert len(lines) == 1, lines  # one line for the change, none for the retries
+    # "Too many connections" is not a wrong password: retried later, for this account only.
+    assert busy.last_error_code == "too_many_connections"
+    assert busy.state != EmailAccount.State.NEEDS_REAUTH
+    assert busy.consecutive_failures == 1

@@ -12,7 +12,7 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 (EmailAccount, AccountAddress, MailFolder), `mail` (EmailThread, EmailMessage, MessageLocation,
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
-`smart_bcc` (SmartBcc*), `watching` (SyncWatcher, WatcherLease: which IDLE watcher holds which account);
+`smart_bcc` (SmartBcc*), `watching` (SyncWatcher, WatcherLease: which IDLE watcher holds which account; ConnectionSlot);
 beside them `crypto` (credentials at rest behind EmailAccount.set_secret / get_secret) and `filenames`
 (how an attachment's name may be shown). Fields, constraints and QuerySets only: writes live in the
 services of the packages above.
@@ -27,13 +27,14 @@ from .mailboxes import MailboxEntry, MailboxSearchDocument
 from .outbox import PendingServerAction
 from .preferences import MailSettings
 from .smart_bcc import SmartBccAddress, SmartBccDelivery, SmartBccSender
-from .watching import SyncWatcher, WatcherLease
+from .watching import ConnectionSlot, SyncWatcher, WatcherLease
 
 __all__ = [
     "AccountAddress",
     "Attachment",
     "AuthKind",
     "BlockedAddress",
+    "ConnectionSlot",
     "EmailAccount",
     "EmailMessage",
     "EmailThread",

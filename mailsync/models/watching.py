@@ -1,4 +1,5 @@
-"""Who watches which account for new mail: the IDLE watchers (`manage.py sync_mail`) and their leases.
+"""Who watches which account for new mail: the IDLE watchers (`manage.py sync_mail`) and their leases;
+and the IMAP connections open to each mailbox (ConnectionSlot), counted against the provider's cap.
 
 A watcher registers itself (SyncWatcher) and renews `expires_at` by heartbeat. A lease (WatcherLease)
 gives one account to one watcher: one row per account at most (the primary key is the account), so an
@@ -43,3 +44,20 @@ class WatcherLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account_id} -> {self.watcher_id}"
+
+
+class ConnectionSlot(models.Model):
+    """One open (or opening) IMAP connection to a mailbox, counted against its provider's cap
+    (mailsync.connection.limits). Held by a watcher (renewed with its heartbeat) or a sync (released at
+    its end); a slot whose holder died expires by itself."""
+
+    key = models.CharField(max_length=600, db_index=True, help_text="IMAP host | login")
+    holder = models.CharField(max_length=100, db_index=True)
+    acquired_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "IMAP connection slot"
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.holder})"

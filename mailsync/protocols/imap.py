@@ -128,6 +128,11 @@ _IMAP_DISABLED_HINTS = re.compile(
     re.IGNORECASE,
 )
 _OAUTH_HINTS = re.compile(r"invalid.?token|token.{0,20}(expired|revoked|invalid)|status\":\"40[01]", re.IGNORECASE)
+_TOO_MANY_CONNECTIONS_HINTS = re.compile(
+    r"too many (simultaneous )?(connections|sessions|logins)|maximum number of (connections|sessions)"
+    r"|connection limit|too many concurrent",
+    re.IGNORECASE,
+)
 _NONEXISTENT_HINTS = re.compile(r"NONEXISTENT|doesn't exist|does not exist|no such (mailbox|folder)", re.IGNORECASE)
 
 _TLS_VERIFY_KINDS = {
@@ -183,7 +188,16 @@ def classify_network_error(exc: BaseException, *, protocol: str, host: str, port
     return None
 
 
+def _raise_if_too_many_connections(text: str) -> None:
+    """Gmail answers a login with "[ALERT] Too many simultaneous connections"; Dovecot says BYE "Maximum
+    number of connections from user+IP exceeded" right after it: not a wrong password, a retry later."""
+    if _TOO_MANY_CONNECTIONS_HINTS.search(text):
+        raise errors.TooManyConnections(detail=" ".join(text.split())[:300], protocol="imap") from None
+
+
 def _classify_login_failure(text: str, config: ImapConfig) -> errors.MailError:
+    if _TOO_MANY_CONNECTIONS_HINTS.search(text):
+        return errors.TooManyConnections(detail=" ".join(text.split())[:300], protocol="imap")
     if _IMAP_DISABLED_HINTS.search(text):
         return errors.ImapDisabled(detail=text, protocol="imap")
     if _APP_PASSWORD_HINTS.search(text):
@@ -266,11 +280,13 @@ def _classified(config: ImapConfig, *, stage: str = "command") -> Iterator[None]
         raise _classify_login_failure(_server_text(exc, config), config) from None
     except imaplib.IMAP4.abort as exc:
         text = _server_text(exc, config)
+        _raise_if_too_many_connections(text)
         if stage == "greeting":
             raise _classify_greeting_failure(text) from None
         raise errors.ConnectionLost(detail=text[:300], protocol="imap") from None
     except imap_exc.IMAPClientError as exc:
         text = _server_text(exc, config)
+        _raise_if_too_many_connections(text)
         if stage == "greeting":
             raise _classify_greeting_failure(text) from None
         if stage == "login":

@@ -49,7 +49,8 @@ from django.utils import timezone
 
 from contacts.models import PersonEmail
 from mailsync.connection.config import account_imap_config
-from mailsync.connection.state import record_connection_failure
+from mailsync.connection.limits import imap_slot
+from mailsync.connection.state import log_recovery, record_connection_failure
 from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation
 from mailsync.protocols import errors, imap
@@ -74,6 +75,8 @@ FETCH_BATCH = 200
 # Above this many messages to fetch in one go, parsing runs in a process pool next to the writes.
 POOL_THRESHOLD = 400
 DEFAULT_TIME_BUDGET = 25.0
+# A run's connection slot outlives its time budget by this much (the last batch may overrun it).
+SLOT_MARGIN_SECONDS = 120.0
 # UIDs of a folder's stored copies compared with the server when a rename is suspected.
 RENAME_SAMPLE = 20
 # Folders never synced by "all folders" unless the user picks them.
@@ -134,7 +137,11 @@ def sync_account(
             if session is not None:
                 _run(account, session, report, time_budget, bulk=bulk)
             else:
-                with imap.connect(account_imap_config(account)) as new_session:
+                # A slot of the provider's cap on simultaneous connections (mailsync.connection.limits).
+                with (
+                    imap_slot(account, seconds=time_budget + SLOT_MARGIN_SECONDS),
+                    imap.connect(account_imap_config(account)) as new_session,
+                ):
                     _run(account, new_session, report, time_budget, bulk=bulk)
         except errors.MailError as error:
             report.error = error
@@ -843,6 +850,7 @@ def _restore_reappeared(result: IngestResult) -> None:
 
 
 def _record_success(account: EmailAccount, report: SyncReport) -> None:
+    log_recovery(account)
     now = timezone.now()
     state = EmailAccount.State.SYNCING if account.initial_sync_done_at else EmailAccount.State.INITIAL_SYNC
     EmailAccount.objects.filter(pk=account.pk).exclude(

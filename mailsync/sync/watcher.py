@@ -13,13 +13,16 @@ One thread runs the loop: every held account's IMAP connection sits in IDLE on I
 LOGOUT) run in a small fixed pool of connector threads, which never touch the database.
 
 The database is touched only from the loop (one connection, closed again when idle): the heartbeat,
-loading an account's connection settings, recording a failure. Memory and database connections stay
+loading an account's connection settings, connection slots, recording a failure. Memory and database connections stay
 fixed whatever the number of accounts; the periodic sync of every account is beat's (one schedule).
 
-Errors: a connection that fails is retried with a per-account backoff (5 s doubling to 5 min; a
-"too many connections" answer backs off that account only). The failure is recorded on the account
-(state, message and fix for the settings page, the admin and the status page) and logged only when
-it differs from what the account already shows, not at every retry.
+Limits: each connection holds a slot of its mailbox's cap (mailsync.connection.limits), renewed with
+the heartbeat; without a free slot the account waits, the others go on.
+
+Errors: a connection that fails is retried with a per-account backoff (5 s doubling to 5 min; from
+1 min after "too many connections", for that account only). The failure is recorded on the account
+(state, message and fix for the settings page, the admin and the status page) and logged by
+mailsync.connection.state only when the account's state or error changes, not at every retry.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 
 from django.db import close_old_connections, connection
 
+from mailsync.connection import limits
 from mailsync.connection.config import account_imap_config
 from mailsync.connection.state import record_connection_failure
 from mailsync.models import EmailAccount
@@ -52,6 +56,7 @@ FIRST_RETRY_DELAY = 5.0
 MAX_RETRY_DELAY = 300.0
 IDLE_RENEW_SECONDS = 25 * 60  # servers may drop an IDLE after 30 minutes (RFC 2177)
 POLL_SECONDS = 60.0  # a server without IDLE is asked (NOOP) this often
+TOO_MANY_RETRY_DELAY = 60.0  # first retry after "too many connections" (the cap is shared with other apps)
 ENQUEUE_COALESCE = 1.0  # changes of one account within this many seconds make one sync
 DB_IDLE_CLOSE = 5.0  # the loop's database connection is closed after this long unused
 
@@ -69,7 +74,8 @@ class Watch:
     since: float = 0.0  # when IDLE (or the last poll) started
     dirty: bool = False  # a change waits to be enqueued
     enqueued_at: float = -1e9
-    shown_error: str = ""  # the error code the account shows (to record and log changes only)
+    shown_error: str = ""  # the error of its last failed connection ("" once connected)
+    slot: int | None = None  # its connection slot (mailsync.connection.limits)
     dropped: bool = False
 
 
@@ -125,6 +131,7 @@ class Watcher:
     def _beat(self) -> None:
         self._db()
         held = leases.heartbeat(self.watcher_id, shard=self.shard)
+        limits.renew(self.watcher_id, seconds=leases.lease_seconds())
         result = leases.rebalance(self.watcher_id, held, shard=self.shard, only=self.account_ids)
         for account_id in set(self.watches) - result.held:
             self._drop(self.watches.pop(account_id))
@@ -160,10 +167,15 @@ class Watcher:
         if not watch.shown_error:
             watch.shown_error = account.last_error_code
         try:
-            return account_imap_config(account)
+            config = account_imap_config(account)
         except errors.MailError as error:
             self._failed(watch, error)
             return None
+        watch.slot = limits.acquire(account, holder=self.watcher_id, seconds=leases.lease_seconds())
+        if watch.slot is None:
+            self._failed(watch, limits.refused(account))
+            return None
+        return config
 
     def _submit(self, kind: str, watch: Watch, function, *args) -> None:
         watch.busy = True
@@ -181,6 +193,7 @@ class Watcher:
                     future.result()[0].abort()
                 elif error is None and watch.session is not None:
                     watch.session.abort()
+                self._release_slot(watch)
                 continue
             if error is not None:
                 self._lost(watch, error)
@@ -239,38 +252,32 @@ class Watcher:
         if watch.session is not None:
             self.pool.submit(watch.session.close)
             watch.session = None
+        self._release_slot(watch)
         if not isinstance(error, errors.MailError):
             logger.error("watcher of account %s failed", watch.account_id, exc_info=error)
             error = errors.ServerError(f"Unexpected problem while watching ({type(error).__name__}).", protocol="imap")
         self._failed(watch, error)
 
     def _failed(self, watch: Watch, error: errors.MailError) -> None:
+        if isinstance(error, errors.TooManyConnections):
+            watch.delay = max(watch.delay, TOO_MANY_RETRY_DELAY)
         watch.retry_at = time.monotonic() + watch.delay
         watch.delay = min(watch.delay * 2, MAX_RETRY_DELAY)
         if error.transient and error.code == errors.ConnectionLost.code and watch.shown_error == "":
             # A dropped connection of a working account: reconnect quietly (the catch-up sync follows).
             return
-        if error.code == watch.shown_error:
-            return  # the account shows it already; one log line per change, not per retry
         watch.shown_error = error.code
         self._db()
         account = EmailAccount.objects.filter(pk=watch.account_id).first()
-        if account is None:
-            return
-        account = record_connection_failure(account=account, error=error)
-        logger.warning(
-            "account %s (%s) cannot be watched: %s; state %s, retrying in %.0f s",
-            account.pk,
-            account.email_address,
-            error,
-            account.state,
-            watch.retry_at - time.monotonic(),
-        )
+        if account is not None:
+            # Recorded at every retry (the retries back off, so these writes are few): the account's
+            # state, error and fix are what the settings page, the admin and the status page show. The
+            # log line comes from there, once per change of state or error, not once per retry.
+            record_connection_failure(account=account, error=error)
 
     def _recovered(self, watch: Watch) -> None:
-        if watch.shown_error:
-            logger.info("account %s is watched again (was: %s)", watch.account_id, watch.shown_error)
-            watch.shown_error = ""
+        # The catch-up sync that follows records the success on the account (and logs the recovery).
+        watch.shown_error = ""
 
     # ---------------------------------------------------------------------------------------------
     # Housekeeping
@@ -287,6 +294,14 @@ class Watcher:
         if watch.session is not None and not watch.busy:
             watch.session.abort()
         watch.session = None
+        if not watch.busy:
+            self._release_slot(watch)
+
+    def _release_slot(self, watch: Watch) -> None:
+        if watch.slot is not None:
+            self._db()
+            limits.release(watch.slot)
+            watch.slot = None
 
     def _wake(self, _future=None) -> None:
         with contextlib.suppress(OSError):  # the pipe is full: the loop is awake anyway
@@ -314,6 +329,7 @@ class Watcher:
             self._drop(watch)
         self.pool.shutdown(wait=True, cancel_futures=True)
         try:
+            limits.release_holder(self.watcher_id)
             leases.unregister(self.watcher_id)
         except Exception:  # the database may be what failed; the lease then expires by itself
             logger.exception("watcher %s could not hand over its accounts", self.watcher_id)
