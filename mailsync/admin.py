@@ -105,10 +105,11 @@ class EmailAccountAdmin(admin.ModelAdmin):
         "folder_count",
         "message_count",
         "pending_count",
+        "watched_by",
     ]
     list_filter = ["state", "provider", "auth_kind"]
     search_fields = ["email_address", "user__email"]
-    list_select_related = ["user"]
+    list_select_related = ["user", "watch_lease__watcher"]
     inlines = [AccountAddressInline]
     actions = ["pause_sync", "resume_sync", "sync_now"]
     readonly_fields = [
@@ -117,6 +118,7 @@ class EmailAccountAdmin(admin.ModelAdmin):
         "auth_kind",
         "has_credentials",
         "state",
+        "watched_by",
         "last_error_code",
         "last_error_message",
         "last_error_fix",
@@ -156,7 +158,7 @@ class EmailAccountAdmin(admin.ModelAdmin):
             "Sync state",
             {
                 "fields": (
-                    "state",
+                    ("state", "watched_by"),
                     ("last_error_code", "last_error_at"),
                     "last_error_message",
                     "last_error_fix",
@@ -224,6 +226,12 @@ class EmailAccountAdmin(admin.ModelAdmin):
     @admin.display(description="Changes waiting for the server", ordering="pending_total")
     def pending_count(self, account: EmailAccount) -> int:
         return account.pending_total
+
+    @admin.display(description="Watched by (IDLE)")
+    def watched_by(self, account: EmailAccount) -> str:
+        """The `manage.py sync_mail` holding this account's IDLE connection (mailsync.sync.leases)."""
+        lease = getattr(account, "watch_lease", None) if account.pk else None
+        return f"{lease.watcher.hostname} (pid {lease.watcher.pid})" if lease is not None else "not watched"
 
     @admin.display(description="Credentials stored", boolean=True)
     def has_credentials(self, account: EmailAccount) -> bool:
