@@ -651,8 +651,14 @@ class ImapSession:
 
         Raises errors.ConnectionLost when the server said BYE or closed the connection (imapclient
         returns nothing for a closed socket, which then stays readable: a few empty reads in a row)."""
-        with _classified(self._config):
-            responses = self._client.idle_check(timeout=0)
+        try:
+            with _classified(self._config):
+                responses = self._client.idle_check(timeout=0)
+        finally:
+            # imapclient leaves the socket blocking without a timeout: a dead server would then hang
+            # the next command (DONE when IDLE is renewed) for good.
+            with contextlib.suppress(OSError):
+                self._client.socket().settimeout(self._config.timeout)
         if not responses:
             self._empty_reads += 1
             if self._empty_reads >= 3:
