@@ -343,3 +343,30 @@ def test_an_unwatchable_account_shows_its_error_once_in_the_log_and_the_others_a
     assert busy.last_error_code == "too_many_connections"
     assert busy.state != EmailAccount.State.NEEDS_REAUTH
     assert busy.consecutive_failures == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_stops_a_watcher_cleanly_and_hands_its_accounts_over_at_once(alice, dovecot, tmp_path):
+    if connection.vendor != "postgresql":
+        pytest.skip("runs against PostgreSQL")
+    _dovecot_accounts(alice, dovecot, 3)
+    process = _start_watcher(tmp_path / "watcher.log")
+    try:
+        deadline = time.monotonic() + 30
+        while sum(_held_by_watcher().values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sum(_held_by_watcher().values()) == 3
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert WatcherLease.objects.count() == 0 and SyncWatcher.objects.count() == 0
+        assert ConnectionSlot.objects.count() == 0
+    finally:
+        _stop(process)
+
+
+@pytest.mark.django_db
+def test_sync_mail_refuses_a_wrong_shard_with_a_readable_message():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--shard 5/4: the number must be between 1 and 4"):
+        call_command("sync_mail", "--shard", "5/4")
