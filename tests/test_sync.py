@@ -382,12 +382,13 @@ def test_the_whole_corpus_syncs_over_imap_without_a_crash(account, dovecot, mail
 
 
 @contextlib.contextmanager
-def running_watcher(account, *, enqueue=None):
-    """The one-loop IDLE watcher (mailsync.sync.watcher) in a thread; Celery is eager in tests, so the
-    syncs it enqueues run right in its loop. It has no periodic sync: only IDLE explains a fast arrival."""
+def running_watcher(*account_ids: int, enqueue=None):
+    """The one-loop IDLE watcher (mailsync.sync.watcher) of these accounts in a thread; Celery is eager
+    in tests, so the syncs it enqueues run right in its loop (unless `enqueue` replaces that). It has no
+    periodic sync: only IDLE explains a fast arrival."""
     from mailsync.sync.watcher import Watcher
 
-    watcher = Watcher(account_ids=[account.pk], enqueue=enqueue)
+    watcher = Watcher(account_ids=list(account_ids), enqueue=enqueue)
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
@@ -412,7 +413,7 @@ def test_idle_watcher_does_not_miss_mail_arriving_right_after_its_catch_up(alice
         if len(syncs) == 1:  # the worst moment: the catch-up has just listed the folder
             dovecot.append(mail_user, make_message("In the gap"))
 
-    with running_watcher(account, enqueue=enqueue):
+    with running_watcher(account.pk, enqueue=enqueue):
         deadline = time.monotonic() + 20
         while not live(account).filter(subject="In the gap").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -422,7 +423,7 @@ def test_idle_watcher_does_not_miss_mail_arriving_right_after_its_catch_up(alice
 @pytest.mark.django_db(transaction=True)
 def test_idle_watcher_brings_new_mail_within_seconds(alice, dovecot, mail_user):
     account = make_account(alice, mail_user, dovecot)
-    with running_watcher(account) as watcher:
+    with running_watcher(account.pk) as watcher:
         deadline = time.monotonic() + 20
         while watcher.enqueued == 0 and time.monotonic() < deadline:
             time.sleep(0.05)

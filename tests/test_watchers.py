@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,9 +22,8 @@ from mailsync.models import ConnectionSlot, EmailAccount, SyncWatcher, WatcherLe
 from mailsync.protocols import errors
 from mailsync.sync import engine, leases
 from mailsync.sync import watcher as watcher_module
-from mailsync.sync.watcher import Watcher
 from tests.mail_factories import EmailAccountFactory
-from tests.test_sync import make_account
+from tests.test_sync import make_account, running_watcher
 
 
 def _accounts(count: int, **fields) -> list[EmailAccount]:
@@ -236,18 +233,9 @@ def test_two_watcher_processes_share_the_accounts_and_take_over_after_kill_9(ali
 # Caps on simultaneous connections, and errors that are seen (in-process watcher, real Dovecot)
 
 
-@contextlib.contextmanager
 def watching(account_ids, enqueued: list[int]):
     """The watcher in a thread, recording what it enqueues instead of syncing."""
-    watcher = Watcher(account_ids=account_ids, enqueue=enqueued.append)
-    stop = threading.Event()
-    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield watcher
-    finally:
-        stop.set()
-        thread.join(timeout=40)
+    return running_watcher(*account_ids, enqueue=enqueued.append)
 
 
 @pytest.mark.django_db

@@ -191,8 +191,9 @@ class Watcher:
             if watch.dropped:
                 if error is None and kind == "open":
                     future.result()[0].abort()
-                elif error is None and watch.session is not None:
+                elif watch.session is not None:
                     watch.session.abort()
+                    watch.session = None
                 self._release_slot(watch)
                 continue
             if error is not None:
@@ -290,12 +291,13 @@ class Watcher:
     def _drop(self, watch: Watch) -> None:
         """No longer ours: close at once (no LOGOUT to wait for), before the next watcher connects."""
         watch.dropped = True
+        if watch.busy:
+            return  # a connector thread has the session: closed when its job is collected
         self._unlisten(watch)
-        if watch.session is not None and not watch.busy:
+        if watch.session is not None:
             watch.session.abort()
-        watch.session = None
-        if not watch.busy:
-            self._release_slot(watch)
+            watch.session = None
+        self._release_slot(watch)
 
     def _release_slot(self, watch: Watch) -> None:
         if watch.slot is not None:
