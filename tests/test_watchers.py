@@ -358,3 +358,23 @@ def test_sync_mail_refuses_a_wrong_shard_with_a_readable_message():
 
     with pytest.raises(CommandError, match="--shard 5/4: the number must be between 1 and 4"):
         call_command("sync_mail", "--shard", "5/4")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_outage_does_not_stop_the_watcher_nor_lose_the_change(caplog, alice, dovecot, mail_user):
+    account = make_account(alice, mail_user, dovecot)
+    calls: list[int] = []
+
+    def enqueue(account_id: int) -> None:
+        calls.append(account_id)
+        if len(calls) <= 2:
+            raise ConnectionRefusedError("broker down")
+
+    with caplog.at_level("INFO"), running_watcher(account.pk, enqueue=enqueue):
+        deadline = time.monotonic() + 15
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert calls == [account.pk] * 3  # the catch-up was enqueued once the broker was back
+    failures = [r for r in caplog.records if "its loop failed" in r.getMessage()]
+    assert len(failures) == 1  # logged once, not at every retry
+    assert any("works again" in r.getMessage() for r in caplog.records)

@@ -109,22 +109,39 @@ class Watcher:
 
     def run(self, stop: threading.Event) -> None:
         next_beat = 0.0
+        trouble = ""  # the loop's last failure (database or broker down), logged once until it is over
         try:
             while not stop.is_set():
-                now = time.monotonic()
-                if now >= next_beat:
-                    self._beat()
-                    next_beat = now + leases.heartbeat_seconds()
-                self._start_connections(now)
-                self._collect_jobs()
-                for key, _ in self.selector.select(timeout=0.5):
-                    if key.data is None:
-                        self._drain_wake()
-                    else:
-                        self._readable(key.data)
-                self._renew(time.monotonic())
-                self._flush(time.monotonic())
-                self._close_idle_db()
+                try:
+                    now = time.monotonic()
+                    if now >= next_beat:
+                        next_beat = now + leases.heartbeat_seconds()
+                        self._beat()
+                    self._start_connections(now)
+                    self._collect_jobs()
+                    for key, _ in self.selector.select(timeout=0.5):
+                        if key.data is None:
+                            self._drain_wake()
+                        else:
+                            self._readable(key.data)
+                    self._renew(time.monotonic())
+                    self._flush(time.monotonic())
+                    self._close_idle_db()
+                except Exception as exc:
+                    # The database or the broker is away: keep the IDLE connections, try again in a
+                    # moment. (Away for longer than the lease, the accounts go to other watchers; the
+                    # next heartbeat that works says which ones are still this watcher's.)
+                    if type(exc).__name__ != trouble:
+                        logger.exception("watcher %s: its loop failed; retrying every second", self.watcher_id)
+                        trouble = type(exc).__name__
+                    self._db_used_at = None
+                    with contextlib.suppress(Exception):
+                        connection.close()
+                    stop.wait(1.0)
+                else:
+                    if trouble:
+                        logger.warning("watcher %s works again", self.watcher_id)
+                        trouble = ""
         finally:
             self._shutdown()
 
@@ -239,11 +256,11 @@ class Watcher:
     def _flush(self, now: float) -> None:
         for watch in self.watches.values():
             if watch.dirty and now - watch.enqueued_at >= ENQUEUE_COALESCE:
-                watch.dirty = False
                 watch.enqueued_at = now
-                self.enqueued += 1
                 self._db()  # with CELERY_TASK_ALWAYS_EAGER (tests) the sync runs right here
-                self.enqueue(watch.account_id)
+                self.enqueue(watch.account_id)  # the broker away: raises, and the change stays due
+                watch.dirty = False
+                self.enqueued += 1
 
     # ---------------------------------------------------------------------------------------------
     # Failures
