@@ -6,9 +6,9 @@ UI asks for the servers. DNS is asked with a short timeout; any DNS failure just
 
 Hosts may contain "{domain}" (hosting companies that serve mail as mail.<your domain>).
 Attachment limits are the provider's documented per-message limits, rounded down (MB). Connection caps:
-Gmail allows 15 simultaneous IMAP connections per user (Google's "IMAP usage limits"); Exchange's
-default MaxConnectionsPerUser for IMAP4 is 16 (Set-ImapSettings), which Microsoft 365 / Outlook.com
-are given too (no other figure is documented for them).
+Gmail allows 15 simultaneous IMAP connections per user (Google's "IMAP usage limits"); Exchange Online's
+throttling allows 20 concurrent IMAP connections per mailbox and Exchange Server's default
+MaxConnectionsPerUser for IMAP4 is 16 (Set-ImapSettings): Microsoft 365 / Outlook.com get 16, under both.
 """
 
 from __future__ import annotations

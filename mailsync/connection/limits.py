@@ -1,7 +1,8 @@
 """Caps on simultaneous IMAP connections per mailbox, shared by every watcher and worker.
 
 Providers limit how many connections one mailbox may have open at once (Gmail: 15 per user; Exchange
-and Microsoft 365: 16 per user by default), and count every app: phones and desktop clients too. The
+Online: 20, Exchange Server: 16 by default, so Microsoft gets 16), and count every app: phones and
+desktop clients too. The
 caps come from the provider presets (mailsync.accounts.providers, registered at start by mailsync.apps
 with `register_caps`, by IMAP host); any other server gets MAILSYNC_MAX_CONNECTIONS_PER_MAILBOX.
 
