@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crm
 # Test processes (pytest-xdist): most tests wait on servers and browsers, so two run well on 2 cores.
 TEST_WORKERS ?= 2
 
-.PHONY: run test venv lint check bench-sync bench-inbox clean
+.PHONY: run test venv lint check bench-sync bench-inbox bench-scale clean
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,19 @@ bench-inbox: venv
 	-createdb -h 127.0.0.1 -U postgres crm_bench 2>/dev/null
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v0
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py bench_inbox --messages $(BENCH_INBOX_MESSAGES) $(BENCH_INBOX_ARGS)
+
+## make bench-scale: K mailboxes (BENCH_MAILBOXES) on a private Dovecot, two IDLE watchers and two Celery
+## workers on Redis (BENCH_BROKER_URL); prints memory, DB connections, latency and takeover figures.
+BENCH_SCALE_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crm_bench_scale
+BENCH_MAILBOXES ?= 2000
+BENCH_BROKER_URL ?= redis://127.0.0.1:6379/14
+BENCH_SCALE_ARGS ?=
+
+bench-scale: venv
+	-createdb -h 127.0.0.1 -U postgres crm_bench_scale 2>/dev/null
+	DATABASE_URL=$(BENCH_SCALE_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v0
+	DATABASE_URL=$(BENCH_SCALE_DATABASE_URL) MAILSYNC_ALLOW_PRIVATE_HOSTS=1 CELERY_BROKER_URL=$(BENCH_BROKER_URL) \
+		$(BIN)/python manage.py bench_scale --mailboxes $(BENCH_MAILBOXES) --broker $(BENCH_BROKER_URL) $(BENCH_SCALE_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

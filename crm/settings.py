@@ -220,6 +220,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Queues (mailsync.sync.tasks): "sync" for new mail, "sync-bulk" for initial and past-email syncs, and
+# Celery's default "celery" for the rest (linking, search index, outbox). Every queue needs a worker.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {"mailsync.tasks.sync_account": {"queue": "sync"}}
 CELERY_TIMEZONE = TIME_ZONE
 
 # Mail sync
@@ -248,6 +252,12 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": float(MAILSYNC_SEND_SWEEP_INTERVAL)},
     },
 }
+# IDLE watchers (manage.py sync_mail): a watcher that stops renewing its lease for this long (killed,
+# frozen, cut off) loses its accounts to the others; takeover within this + a third of it.
+MAILSYNC_WATCHER_LEASE_SECONDS = float(os.environ.get("MAILSYNC_WATCHER_LEASE_SECONDS", "30"))
+# Simultaneous IMAP connections to one mailbox (watchers and workers together) on a server without a
+# provider preset; the presets carry their provider's cap (Gmail 15, Microsoft 16). Dovecot's default is 10.
+MAILSYNC_MAX_CONNECTIONS_PER_MAILBOX = int(os.environ.get("MAILSYNC_MAX_CONNECTIONS_PER_MAILBOX", "10"))
 MAILSYNC_CONNECT_TIMEOUT = float(os.environ.get("MAILSYNC_CONNECT_TIMEOUT", "15"))
 # Mail servers on private, loopback, link-local or reserved addresses are refused (the add-account form
 # must not probe the internal network) unless this is on: `make run` and the test suite set it (local

@@ -397,9 +397,10 @@ class DovecotServer:
     expired_host = "127.0.0.3"
     mismatch_host = "127.0.0.4"
 
-    def __init__(self, ca: TestCA, registry: UserRegistry):
+    def __init__(self, ca: TestCA, registry: UserRegistry, *, extra_conf: str = ""):
         self.ca = ca
         self.registry = registry
+        self.extra_conf = extra_conf  # appended to the generated dovecot.conf (the scale benchmark's limits)
         self.base = Path(tempfile.mkdtemp(prefix="dv-", dir="/tmp"))
         assert len(str(self.base)) < 80, "Dovecot's base_dir must be short (unix socket paths)"
         self.conf_path = self.base / "dovecot.conf"
@@ -444,6 +445,7 @@ class DovecotServer:
                 imap_port=self.imap_port,
                 imaps_port=self.imaps_port,
             )
+            + self.extra_conf
         )
         self.process = subprocess.Popen(
             [DOVECOT, "-F", "-c", str(self.conf_path)],

@@ -29,7 +29,18 @@ def programs(python: str, port: int) -> list[tuple[str, list[str], int]]:
     return [
         (
             "worker",
-            [celery, "-A", "crm", "worker", "--beat", "--loglevel=INFO", "--concurrency=2", "--pool=threads"],
+            [
+                celery,
+                "-A",
+                "crm",
+                "worker",
+                "--beat",
+                "--loglevel=INFO",
+                "--concurrency=2",
+                "--pool=threads",
+                # Every queue (crm/settings.py): Celery's default, new-mail syncs, initial / past syncs.
+                "--queues=celery,sync,sync-bulk",
+            ],
             signal.SIGTERM,
         ),
         ("watcher", [python, "manage.py", "sync_mail"], signal.SIGINT),

@@ -105,10 +105,11 @@ class EmailAccountAdmin(admin.ModelAdmin):
         "folder_count",
         "message_count",
         "pending_count",
+        "watched_by",
     ]
     list_filter = ["state", "provider", "auth_kind"]
     search_fields = ["email_address", "user__email"]
-    list_select_related = ["user"]
+    list_select_related = ["user", "watch_lease__watcher"]
     inlines = [AccountAddressInline]
     actions = ["pause_sync", "resume_sync", "sync_now"]
     readonly_fields = [
@@ -117,6 +118,7 @@ class EmailAccountAdmin(admin.ModelAdmin):
         "auth_kind",
         "has_credentials",
         "state",
+        "watched_by",
         "last_error_code",
         "last_error_message",
         "last_error_fix",
@@ -156,7 +158,7 @@ class EmailAccountAdmin(admin.ModelAdmin):
             "Sync state",
             {
                 "fields": (
-                    "state",
+                    ("state", "watched_by"),
                     ("last_error_code", "last_error_at"),
                     "last_error_message",
                     "last_error_fix",
@@ -225,6 +227,12 @@ class EmailAccountAdmin(admin.ModelAdmin):
     def pending_count(self, account: EmailAccount) -> int:
         return account.pending_total
 
+    @admin.display(description="Watched by (IDLE)")
+    def watched_by(self, account: EmailAccount) -> str:
+        """The `manage.py sync_mail` holding this account's IDLE connection (mailsync.sync.leases)."""
+        lease = getattr(account, "watch_lease", None) if account.pk else None
+        return f"{lease.watcher.hostname} (pid {lease.watcher.pid})" if lease is not None else "not watched"
+
     @admin.display(description="Credentials stored", boolean=True)
     def has_credentials(self, account: EmailAccount) -> bool:
         return account.has_secret
@@ -251,7 +259,7 @@ class EmailAccountAdmin(admin.ModelAdmin):
         waiting = {EmailAccount.State.PAUSED, EmailAccount.State.REMOVED, EmailAccount.State.NEEDS_REAUTH}
         active = [a for a in queryset if a.state not in waiting]
         for account in active:
-            sync_tasks.sync_account.delay(account.pk)
+            sync_tasks.enqueue_sync(account.pk)
         self._log_action(request, active, "Sync requested (admin action).")
         self.message_user(request, f"Sync queued for {len(active)} account(s).", messages.SUCCESS)
 

@@ -73,3 +73,16 @@ def test_a_program_that_dies_stops_the_others(tmp_path):
     assert "watcher exited with status 3" in stderr.decode()
     logs = logs_of(tmp_path)
     assert logs["worker"] == ["started", "SIGTERM"] and logs["web"] == ["started", "SIGINT"]
+
+
+def test_the_worker_of_make_run_consumes_every_queue_and_the_watcher_runs(settings):
+    from devtools import run
+    from mailsync.sync import tasks
+
+    commands = {name: command for name, command, _ in run.programs(sys.executable, 8000)}
+    worker = commands["worker"]
+    queues = {q for arg in worker if arg.startswith("--queues=") for q in arg.split("=", 1)[1].split(",")}
+    routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
+    assert {settings.CELERY_TASK_DEFAULT_QUEUE, tasks.SYNC_QUEUE, tasks.BULK_QUEUE} | routed <= queues
+    assert "--beat" in worker
+    assert commands["watcher"][-1] == "sync_mail"

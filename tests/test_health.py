@@ -260,3 +260,21 @@ def test_status_page_lists_every_account_without_mail_or_credentials(alice, bob,
     assert rows.index("alice@mail.example") < rows.index("bob@mail.example")  # needing attention comes first
     counts = response.context["counts"]
     assert (counts[health.ATTENTION], counts[health.OK], counts[health.REMOVED]) == (1, 1, 1)
+
+
+def test_status_page_shows_which_watcher_holds_each_account(alice, bob, admin_user):
+    from mailsync.sync import leases
+
+    watched = make(alice)
+    url = reverse("mailsync:status")
+    html = client_for(admin_user).get(url).content.decode()
+    assert "No new-mail watcher is running" in html
+    assert "not watched" in html
+
+    leases.rebalance("crm-host-7:4242:abcd", leases.heartbeat("crm-host-7:4242:abcd"))
+    make(bob, "bob@mail.example")
+    html = client_for(admin_user).get(url).content.decode()
+    assert "No new-mail watcher is running" not in html
+    assert "crm-host-7 (pid 4242): 1 account" in html  # claimed before bob's account existed
+    row = html.split(f'data-account="{watched.pk}"')[1].split("</tr>")[0]
+    assert "crm-host-7" in row

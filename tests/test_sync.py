@@ -1,10 +1,12 @@
 """The sync engine against the real test Dovecot: every message exactly once (SPEC S1-S9, O3)."""
 
+import contextlib
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -379,50 +381,57 @@ def test_the_whole_corpus_syncs_over_imap_without_a_crash(account, dovecot, mail
     assert report.created + report.existing == len(files)
 
 
+@contextlib.contextmanager
+def running_watcher(*account_ids: int, enqueue=None):
+    """The one-loop IDLE watcher (mailsync.sync.watcher) of these accounts in a thread; Celery is eager
+    in tests, so the syncs it enqueues run right in its loop (unless `enqueue` replaces that). It has no
+    periodic sync: only IDLE explains a fast arrival."""
+    from mailsync.sync.watcher import Watcher
+
+    watcher = Watcher(account_ids=list(account_ids), enqueue=enqueue)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield watcher
+    finally:
+        stop.set()
+        thread.join(timeout=40)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_idle_watcher_does_not_miss_mail_arriving_right_after_its_catch_up(alice, dovecot, mail_user):
-    """A message delivered between the watcher's catch-up sync and the start of IDLE still comes at once."""
-    from mailsync.sync.watcher import AccountWatcher
+    """A message delivered right after the watcher's catch-up sync still comes at once."""
+    from mailsync.sync import tasks
 
     account = make_account(alice, mail_user, dovecot)
+    syncs = []
 
-    class DeliveryAfterCatchUp(AccountWatcher):
-        def _sync(self):
-            super()._sync()
-            if self.syncs == 1:  # the worst moment: the catch-up has just listed the folder
-                dovecot.append(mail_user, make_message("In the gap"))
+    def enqueue(account_id):
+        tasks.enqueue_sync(account_id)
+        syncs.append(account_id)
+        if len(syncs) == 1:  # the worst moment: the catch-up has just listed the folder
+            dovecot.append(mail_user, make_message("In the gap"))
 
-    watcher = DeliveryAfterCatchUp(account.pk, interval=600)  # only IDLE can explain a fast arrival
-    watcher.start()
-    try:
+    with running_watcher(account.pk, enqueue=enqueue):
         deadline = time.monotonic() + 20
         while not live(account).filter(subject="In the gap").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert live(account).filter(subject="In the gap").exists(), "the message waited for the next interval"
-    finally:
-        watcher.stop()
-        watcher.join(timeout=40)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_idle_watcher_brings_new_mail_within_seconds(alice, dovecot, mail_user):
-    from mailsync.sync.watcher import AccountWatcher
-
     account = make_account(alice, mail_user, dovecot)
-    watcher = AccountWatcher(account.pk, interval=600)  # only IDLE can explain a fast arrival
-    watcher.start()
-    try:
+    with running_watcher(account.pk) as watcher:
         deadline = time.monotonic() + 20
-        while watcher.syncs == 0 and time.monotonic() < deadline:
+        while watcher.enqueued == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        # No pause: the first catch-up runs after the watcher selected INBOX, so even a message that
-        # arrives before IDLE starts is announced to it.
+        # No pause: the catch-up sync is enqueued after the watcher's IDLE began, so even a message that
+        # arrives before that sync ends is announced to it.
         dovecot.append(mail_user, make_message("Real time"))
         delivered = time.monotonic()
         while not live(account).filter(subject="Real time").exists() and time.monotonic() < delivered + 10:
             time.sleep(0.05)
         assert live(account).filter(subject="Real time").exists(), "IDLE did not bring the message"
         assert time.monotonic() - delivered < 10
-    finally:
-        watcher.stop()
-        watcher.join(timeout=40)

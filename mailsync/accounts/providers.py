@@ -5,7 +5,10 @@
 UI asks for the servers. DNS is asked with a short timeout; any DNS failure just means "ask the user".
 
 Hosts may contain "{domain}" (hosting companies that serve mail as mail.<your domain>).
-Attachment limits are the provider's documented per-message limits, rounded down (MB).
+Attachment limits are the provider's documented per-message limits, rounded down (MB). Connection caps:
+Gmail allows 15 simultaneous IMAP connections per user (Google's "IMAP usage limits"); Exchange Online's
+throttling allows 20 concurrent IMAP connections per mailbox and Exchange Server's default
+MaxConnectionsPerUser for IMAP4 is 16 (Set-ImapSettings): Microsoft 365 / Outlook.com get 16, under both.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class ProviderPreset:
     oauth_provider: str = ""  # "google" / "microsoft": offers "Connect with ..." (A3)
     password_allowed: bool = True  # False: only OAuth2 works (Microsoft turned off passwords)
     attachment_limit_mb: int = 25
+    # Simultaneous IMAP connections the provider allows one mailbox (None: unknown, the default applies;
+    # mailsync.connection.limits enforces it across watchers and workers).
+    max_connections: int | None = None
     domains: tuple[str, ...] = ()
     mx_patterns: tuple[str, ...] = ()  # suffixes of MX host names that identify a hosted domain
     needs_servers: bool = False  # the user must confirm / type the servers (self-hosted products)
@@ -75,6 +81,7 @@ PRESETS: tuple[ProviderPreset, ...] = (
         auth_kind=OAUTH2,
         oauth_provider="google",
         attachment_limit_mb=25,
+        max_connections=15,
         domains=("gmail.com", "googlemail.com"),
         help_text="Connect with Google, or use an app password (needs two-step verification): "
         "Google Account > Security > 2-Step Verification > App passwords. IMAP must be on in Gmail settings.",
@@ -90,6 +97,7 @@ PRESETS: tuple[ProviderPreset, ...] = (
         auth_kind=OAUTH2,
         oauth_provider="google",
         attachment_limit_mb=25,
+        max_connections=15,
         mx_patterns=("google.com", "googlemail.com", "smtp.google.com"),
         help_text="Connect with Google, or use an app password if your administrator allows them: "
         "Google Account > Security > 2-Step Verification > App passwords.",
@@ -138,6 +146,7 @@ PRESETS: tuple[ProviderPreset, ...] = (
         oauth_provider="microsoft",
         password_allowed=False,
         attachment_limit_mb=25,
+        max_connections=16,
         mx_patterns=("mail.protection.outlook.com", "protection.outlook.com", "outlook.com"),
         help_text="Microsoft 365 accepts only sign-in with Microsoft (passwords are turned off for IMAP). "
         "Your administrator may have to allow IMAP and authenticated SMTP for your mailbox.",
@@ -169,6 +178,7 @@ PRESETS: tuple[ProviderPreset, ...] = (
         oauth_provider="microsoft",
         password_allowed=False,
         attachment_limit_mb=20,
+        max_connections=16,
         domains=(
             "outlook.com",
             "hotmail.com",
@@ -539,3 +549,8 @@ def detect_provider(address: str, *, mx_lookup: MxLookup | None = None) -> Detec
     if preset is not None:
         return Detection(preset=preset.for_domain(domain), via="mx", mx_hosts=mx_hosts)
     return Detection(preset=None, via="", mx_hosts=mx_hosts)
+
+
+def connection_caps() -> dict[str, int]:
+    """IMAP host -> the cap of simultaneous connections per mailbox, for mailsync.connection.limits."""
+    return {preset.imap_host: preset.max_connections for preset in PRESETS if preset.max_connections}

@@ -4,9 +4,10 @@ the admin status page (O2) lists every account's sync state, never its mail or c
 from django.db.models import Count, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 
 from crm.models import User
-from mailsync.models import EmailAccount, EmailMessage, MailFolder, MailSettings, PendingServerAction
+from mailsync.models import EmailAccount, EmailMessage, MailFolder, MailSettings, PendingServerAction, SyncWatcher
 from mailsync.sync.engine import ROLE_ORDER
 
 
@@ -67,7 +68,17 @@ def mail_settings_for(user: User) -> MailSettings:
 
 
 def all_accounts_for_status() -> QuerySet[EmailAccount]:
-    """Every account of every user for the admin status page: state and counts only (no mail, no secret)."""
-    return with_counts(EmailAccount.objects.select_related("user")).defer(
+    """Every account of every user for the admin status page: state and counts only (no mail, no secret),
+    and the IDLE watcher that holds it (mailsync.sync.leases)."""
+    return with_counts(EmailAccount.objects.select_related("user", "watch_lease__watcher")).defer(
         "secret_encrypted", "trusted_ca_pem", "last_error_detail"
+    )
+
+
+def live_watchers() -> QuerySet[SyncWatcher]:
+    """The IDLE watchers (`manage.py sync_mail`) whose registration is current, with how many accounts each holds."""
+    return (
+        SyncWatcher.objects.filter(expires_at__gte=timezone.now())
+        .annotate(account_count=Count("leases"))
+        .order_by("hostname", "pid")
     )

@@ -10,6 +10,7 @@ Paused and removed accounts keep their state.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from django.db import transaction
 from django.utils import timezone
@@ -17,6 +18,7 @@ from django.utils import timezone
 from mailsync.models import EmailAccount
 from mailsync.protocols import errors
 
+logger = logging.getLogger(__name__)
 State = EmailAccount.State
 ERROR_AFTER = 3  # consecutive transient failures before a working account shows an error
 RETRY_BACKOFF_MAX_SECONDS = 3600
@@ -76,7 +78,27 @@ def apply_failure(account: EmailAccount, error: errors.MailError) -> list[str]:
 @transaction.atomic
 def record_connection_failure(*, account: EmailAccount, error: errors.MailError) -> EmailAccount:
     """Store a classified error; auth errors -> "needs re-authentication" (A6), others -> "error".
-    A paused or removed account keeps its state."""
+    A paused or removed account keeps its state. Logged when the state or the error changes (a
+    failure repeated at every retry of a watcher or a sync is one line, not thousands)."""
     locked = EmailAccount.objects.select_for_update().get(pk=account.pk)
+    before = (locked.state, locked.last_error_code)
     locked.save(update_fields=apply_failure(locked, error))
+    if (locked.state, locked.last_error_code) != before:
+        logger.warning(
+            "mail account %s (%s): %s, state %s (was %s); next try %s",
+            locked.pk,
+            locked.email_address,
+            error,
+            locked.state,
+            before[0],
+            locked.next_retry_at.isoformat(timespec="seconds") if locked.next_retry_at else "after re-authentication",
+        )
     return locked
+
+
+def log_recovery(account: EmailAccount) -> None:
+    """A sync worked for an account that showed an error: one line, the counterpart of the failure's."""
+    if account.last_error_code:
+        logger.info(
+            "mail account %s (%s) works again (was: %s)", account.pk, account.email_address, account.last_error_code
+        )

@@ -8,15 +8,16 @@ Identity rules (see DESIGN.md "Rules that keep mail safe" and mailsync.sync.inge
 so the same mail in two folders is one EmailMessage with two locations, and re-running a sync is an upsert.
 
 Owns: the tables of mail sync (app_label "mailsync", table names unchanged, migrations in
-mailsync/migrations), one module per aggregate, every model re-exported here by name:
-`accounts` (EmailAccount, AccountAddress, MailFolder), `mail` (EmailThread, EmailMessage, MessageLocation,
+mailsync/migrations), one module per aggregate, every model re-exported here by name: `accounts`
+(EmailAccount, AccountAddress, MailFolder), `mail` (EmailThread, EmailMessage, MessageLocation,
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
 `outgoing` (OutgoingMessage, OutgoingAttachment: drafts and mail on its way out),
 `smart_bcc` (SmartBcc*), `templates` (EmailTemplate, Signature, SignatureImage), `certificates`
-(TrustedCertificate); beside them `crypto` (credentials at rest behind EmailAccount.set_secret /
-get_secret) and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets
-only: writes live in the services of the packages above.
+(TrustedCertificate), `watching` (SyncWatcher, WatcherLease: which IDLE watcher holds which account;
+ConnectionSlot); beside them `crypto` (credentials at rest behind EmailAccount.set_secret / get_secret)
+and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets only: writes
+live in the services of the packages above.
 May import: `protocols` (the classified error of unreadable credentials), Django and the CRM's models.
 Nothing else of mail sync.
 """
@@ -31,12 +32,14 @@ from .outgoing import OutgoingAttachment, OutgoingMessage
 from .preferences import MailSettings
 from .smart_bcc import SmartBccAddress, SmartBccDelivery, SmartBccSender
 from .templates import EmailTemplate, Signature, SignatureImage
+from .watching import ConnectionSlot, SyncWatcher, WatcherLease
 
 __all__ = [
     "AccountAddress",
     "Attachment",
     "AuthKind",
     "BlockedAddress",
+    "ConnectionSlot",
     "EmailAccount",
     "EmailMessage",
     "EmailTemplate",
@@ -57,7 +60,9 @@ __all__ = [
     "SmartBccAddress",
     "SmartBccDelivery",
     "SmartBccSender",
+    "SyncWatcher",
     "ThreadLink",
     "ThreadReference",
     "TrustedCertificate",
+    "WatcherLease",
 ]

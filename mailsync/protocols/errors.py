@@ -155,6 +155,19 @@ class ConnectionLost(MailError):
     transient = True
 
 
+class TooManyConnections(MailError):
+    """The server refuses another connection for this mailbox (Gmail: "Too many simultaneous
+    connections", Dovecot: "Maximum number of connections"), or the CRM's own cap for the provider
+    (mailsync.connection.limits) is reached. Retried later, for this account only."""
+
+    code = "too_many_connections"
+    default_message = "The mail server allows no more simultaneous connections to this mailbox right now."
+    default_fix = (
+        "Other mail apps on phones and computers count too: close some, or wait; the CRM tries again by itself."
+    )
+    transient = True
+
+
 class PrivateHostRefused(MailError):
     code = "private_host"
     default_message = "This server name leads to a private, local or reserved network address."

@@ -128,6 +128,11 @@ _IMAP_DISABLED_HINTS = re.compile(
     re.IGNORECASE,
 )
 _OAUTH_HINTS = re.compile(r"invalid.?token|token.{0,20}(expired|revoked|invalid)|status\":\"40[01]", re.IGNORECASE)
+_TOO_MANY_CONNECTIONS_HINTS = re.compile(
+    r"too many (simultaneous )?(connections|sessions|logins)|maximum number of (connections|sessions)"
+    r"|connection limit|too many concurrent",
+    re.IGNORECASE,
+)
 _NONEXISTENT_HINTS = re.compile(r"NONEXISTENT|doesn't exist|does not exist|no such (mailbox|folder)", re.IGNORECASE)
 
 _TLS_VERIFY_KINDS = {
@@ -183,7 +188,16 @@ def classify_network_error(exc: BaseException, *, protocol: str, host: str, port
     return None
 
 
+def _raise_if_too_many_connections(text: str) -> None:
+    """Gmail answers a login with "[ALERT] Too many simultaneous connections"; Dovecot says BYE "Maximum
+    number of connections from user+IP exceeded" right after it: not a wrong password, a retry later."""
+    if _TOO_MANY_CONNECTIONS_HINTS.search(text):
+        raise errors.TooManyConnections(detail=" ".join(text.split())[:300], protocol="imap") from None
+
+
 def _classify_login_failure(text: str, config: ImapConfig) -> errors.MailError:
+    if _TOO_MANY_CONNECTIONS_HINTS.search(text):
+        return errors.TooManyConnections(detail=" ".join(text.split())[:300], protocol="imap")
     if _IMAP_DISABLED_HINTS.search(text):
         return errors.ImapDisabled(detail=text, protocol="imap")
     if _APP_PASSWORD_HINTS.search(text):
@@ -266,11 +280,13 @@ def _classified(config: ImapConfig, *, stage: str = "command") -> Iterator[None]
         raise _classify_login_failure(_server_text(exc, config), config) from None
     except imaplib.IMAP4.abort as exc:
         text = _server_text(exc, config)
+        _raise_if_too_many_connections(text)
         if stage == "greeting":
             raise _classify_greeting_failure(text) from None
         raise errors.ConnectionLost(detail=text[:300], protocol="imap") from None
     except imap_exc.IMAPClientError as exc:
         text = _server_text(exc, config)
+        _raise_if_too_many_connections(text)
         if stage == "greeting":
             raise _classify_greeting_failure(text) from None
         if stage == "login":
@@ -394,6 +410,7 @@ class ImapSession:
         self.condstore_enabled = False
         self.qresync_enabled = False
         self.selected: SelectedFolder | None = None
+        self._empty_reads = 0
 
     def __enter__(self) -> ImapSession:
         return self
@@ -428,6 +445,11 @@ class ImapSession:
         except Exception:
             with contextlib.suppress(Exception):
                 self._client.shutdown()
+
+    def abort(self) -> None:
+        """Close the connection at once, without LOGOUT (never blocks, never raises)."""
+        with contextlib.suppress(Exception):
+            self._client.shutdown()
 
     def noop(self) -> None:
         with _classified(self._config):
@@ -609,6 +631,49 @@ class ImapSession:
             finally:
                 _, done_responses = self._client.idle_done()
         return any(_is_change(r) for r in list(responses) + list(done_responses))
+
+    # -- IDLE held in an event loop (mailsync.sync.watcher keeps many sessions in one selector)
+    def start_idle(self) -> bool:
+        """Enter IDLE on the selected folder and return at once; False if the server has no IDLE (poll
+        with `poll_changes` instead). Then wait for `fileno()` to become readable and call `read_idle`."""
+        if not self.has_capability("IDLE"):
+            return False
+        self._empty_reads = 0
+        with _classified(self._config):
+            self._client.idle()
+        return True
+
+    def fileno(self) -> int:
+        return self._client.socket().fileno()
+
+    def read_idle(self) -> bool:
+        """The socket is readable during IDLE: read what the server said; True if the folder changed.
+
+        Raises errors.ConnectionLost when the server said BYE or closed the connection (imapclient
+        returns nothing for a closed socket, which then stays readable: a few empty reads in a row)."""
+        try:
+            with _classified(self._config):
+                responses = self._client.idle_check(timeout=0)
+        finally:
+            # imapclient leaves the socket blocking without a timeout: a dead server would then hang
+            # the next command (DONE when IDLE is renewed) for good.
+            with contextlib.suppress(OSError):
+                self._client.socket().settimeout(self._config.timeout)
+        if not responses:
+            self._empty_reads += 1
+            if self._empty_reads >= 3:
+                raise errors.ConnectionLost(detail=f"{self._config.host}: closed during IDLE", protocol="imap")
+            return False
+        self._empty_reads = 0
+        if any(isinstance(r, tuple) and r and _text(r[0]).upper() == "BYE" for r in responses):
+            raise errors.ConnectionLost(detail=f"{self._config.host}: BYE during IDLE", protocol="imap")
+        return any(_is_change(r) for r in responses)
+
+    def stop_idle(self) -> bool:
+        """Leave IDLE (DONE); True if the server reported a change meanwhile."""
+        with _classified(self._config):
+            _, responses = self._client.idle_done()
+        return any(_is_change(r) for r in responses)
 
     # -- changing (in the selected folder)
     def add_flags(self, uids: Iterable[int], flags: Iterable[str]) -> None:

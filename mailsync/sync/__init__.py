@@ -10,8 +10,11 @@ Owns:
   identity, upserts, attachments, locations, then list placement and the follow-up work;
 - `threads`: conversation threading (references, provider thread ids, subjects);
 - `parsing`: raw RFC 5322 bytes -> ParsedEmail, pure Python (no Django), safe on hostile input;
-- `watcher`: the IDLE watcher that syncs an account within seconds of new mail;
-- `tasks`: the Celery tasks of sync (`sync_account`, `enqueue_due_syncs`, `apply_server_actions`).
+- `watcher`: the IDLE watcher (`manage.py sync_mail`): its share of the accounts held in IDLE in one
+  loop; a change enqueues a sync within a second (it never syncs itself);
+- `leases`: which watcher watches which account (database leases, heartbeat, takeover, fair share);
+- `tasks`: the Celery tasks of sync (`sync_account` on the "sync" / "sync-bulk" queues,
+  `enqueue_due_syncs`, `apply_server_actions`).
 
 May import: `linking` (follow-up linking and blocking after ingestion), `mailboxes`, `connection` (how
 to reach an account's server and record a failure), `models`, `protocols`, and `crm` / `contacts`.

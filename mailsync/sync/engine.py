@@ -49,7 +49,8 @@ from django.utils import timezone
 
 from contacts.models import PersonEmail
 from mailsync.connection.config import account_imap_config
-from mailsync.connection.state import record_connection_failure
+from mailsync.connection.limits import imap_slot
+from mailsync.connection.state import log_recovery, record_connection_failure
 from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation
 from mailsync.protocols import errors, imap
@@ -74,6 +75,8 @@ FETCH_BATCH = 200
 # Above this many messages to fetch in one go, parsing runs in a process pool next to the writes.
 POOL_THRESHOLD = 400
 DEFAULT_TIME_BUDGET = 25.0
+# A run's connection slot outlives its time budget by this much (the last batch may overrun it).
+SLOT_MARGIN_SECONDS = 120.0
 # UIDs of a folder's stored copies compared with the server when a rename is suspected.
 RENAME_SAMPLE = 20
 # Folders never synced by "all folders" unless the user picks them.
@@ -111,10 +114,15 @@ class SyncReport:
 # Entry point
 
 
-def sync_account(account_id: int, *, time_budget: float = DEFAULT_TIME_BUDGET, session=None) -> SyncReport:
+def sync_account(
+    account_id: int, *, time_budget: float = DEFAULT_TIME_BUDGET, session=None, bulk: bool = True
+) -> SyncReport:
     """Run one sync of the account. Never raises for mail-server problems: they land on the account.
 
-    `session`: an already connected imap.ImapSession to reuse (the IDLE watcher passes its own).
+    `session`: an already connected imap.ImapSession to reuse.
+    `bulk=False`: only the quick part (new mail, flags and deletions of folders already listed); the
+    initial listing of new folders and a past-email sync are left for a bulk run (`more_work`), so a
+    sync for new mail never waits behind a large mailbox (mailsync.sync.tasks, "sync-bulk" queue).
     """
     report = SyncReport(account_id=account_id)
     with account_lock(account_id) as acquired:
@@ -127,10 +135,14 @@ def sync_account(account_id: int, *, time_budget: float = DEFAULT_TIME_BUDGET, s
         EmailAccount.objects.filter(pk=account_id).update(last_sync_at=timezone.now())
         try:
             if session is not None:
-                _run(account, session, report, time_budget)
+                _run(account, session, report, time_budget, bulk=bulk)
             else:
-                with imap.connect(account_imap_config(account)) as new_session:
-                    _run(account, new_session, report, time_budget)
+                # A slot of the provider's cap on simultaneous connections (mailsync.connection.limits).
+                with (
+                    imap_slot(account, seconds=time_budget + SLOT_MARGIN_SECONDS),
+                    imap.connect(account_imap_config(account)) as new_session,
+                ):
+                    _run(account, new_session, report, time_budget, bulk=bulk)
         except errors.MailError as error:
             report.error = error
             _record_failure(account, error)
@@ -145,7 +157,9 @@ def sync_account(account_id: int, *, time_budget: float = DEFAULT_TIME_BUDGET, s
     return report
 
 
-def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, time_budget: float) -> None:
+def _run(
+    account: EmailAccount, session: imap.ImapSession, report: SyncReport, time_budget: float, *, bulk: bool = True
+) -> None:
     deadline = time.monotonic() + time_budget
     own = own_addresses_for(account)
     folders = discover_folders(account, session)
@@ -157,7 +171,7 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
             _incremental(account, session, folder, own, report, deadline, folders=folders)
     for folder in folders:
         if folder.initial_synced_at is None:
-            if time.monotonic() >= deadline:
+            if not bulk or time.monotonic() >= deadline:
                 report.more_work = True
                 break
             list_folder(account, session, folder, own, report, deadline=deadline, since=coverage_start(account))
@@ -167,7 +181,10 @@ def _run(account: EmailAccount, session: imap.ImapSession, report: SyncReport, t
         account.initial_sync_done_at = timezone.now()
         EmailAccount.objects.filter(pk=account.pk).update(initial_sync_done_at=account.initial_sync_done_at)
     if not initial_pending and account.past_sync_state in ("queued", "running") and not report.more_work:
-        _past_sync(account, session, folders, own, report, deadline)
+        if bulk:
+            _past_sync(account, session, folders, own, report, deadline)
+        else:
+            report.more_work = True
     report.deleted_messages += settle_unlocated(account, session, folders, report)
 
 
@@ -833,6 +850,7 @@ def _restore_reappeared(result: IngestResult) -> None:
 
 
 def _record_success(account: EmailAccount, report: SyncReport) -> None:
+    log_recovery(account)
     now = timezone.now()
     state = EmailAccount.State.SYNCING if account.initial_sync_done_at else EmailAccount.State.INITIAL_SYNC
     EmailAccount.objects.filter(pk=account.pk).exclude(

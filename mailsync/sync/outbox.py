@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from mailsync.connection.config import account_imap_config
+from mailsync.connection.limits import imap_slot
 from mailsync.connection.state import record_connection_failure
 from mailsync.mailboxes.placement import refresh_mailboxes
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation, PendingServerAction
@@ -98,7 +99,7 @@ def apply_pending_on_server(*, account_id: int, final_attempt: bool = True) -> S
                 if final_attempt:
                     return ServerReport(skipped="account busy: kept for its next sync")
                 raise RetryLater(f"account {account.pk} is syncing")
-            with imap.connect(account_imap_config(account)) as session:
+            with imap_slot(account, seconds=300), imap.connect(account_imap_config(account)) as session:
                 return replay_pending(session, account)
     except errors.MailError as error:
         if error.transient and not final_attempt:

@@ -327,6 +327,7 @@ def status_page(request: HttpRequest) -> HttpResponse:
         "counts": health.overview(accounts, now),
         "labels": health.LABELS,
         "stale_minutes": int(health.stale_after().total_seconds() // 60),
+        "watchers": list(selectors.live_watchers()),
     }
     return render(request, "mailsync/accounts/status.html", context)
 

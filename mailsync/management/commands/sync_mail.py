@@ -1,14 +1,20 @@
-"""`manage.py sync_mail [--account ID] [--once]`: sync mailboxes from the command line.
+"""`manage.py sync_mail [--account ID] [--once | --shard N/COUNT]`: sync mailboxes from the command line.
 
 --once runs each account until nothing is left to fetch, prints what happened and exits (cron, tests,
-support). Without it the command keeps running: every account gets an IDLE watcher that syncs it
-within seconds of new mail, plus a full pass every MAILSYNC_SYNC_INTERVAL seconds.
+support). Without it the command is an IDLE watcher (mailsync.sync.watcher): it shares the accounts
+with every other running `sync_mail` through leases in the database (on any number of machines), holds
+an IDLE connection for each of its accounts in one loop, and enqueues a sync on the Celery workers when
+one of them changes. --shard 2/4 restricts it to the accounts whose id % 4 == 1.
 """
 
+import signal
+import threading
+
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
 from mailsync.models import EmailAccount
-from mailsync.sync import engine, watcher
+from mailsync.sync import engine, leases, watcher
 
 
 class Command(BaseCommand):
@@ -18,12 +24,16 @@ class Command(BaseCommand):
         parser.add_argument("--account", action="append", default=[], help="Account id or address (repeatable)")
         parser.add_argument("--once", action="store_true", help="Sync until done, then exit")
         parser.add_argument("--time-budget", type=float, default=engine.DEFAULT_TIME_BUDGET)
+        parser.add_argument("--shard", default="", help="N/COUNT: watch only the accounts whose id %% COUNT == N-1")
 
-    def handle(self, *args, account, once, time_budget, **options):
+    def handle(self, *args, account, once, time_budget, shard, **options):
+        try:
+            shard = leases.Shard.parse(shard)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
         accounts = [self._account(value) for value in account]
         if not once:
-            self.stdout.write("Watching mailboxes for new mail (Ctrl-C stops).")
-            watcher.run_forever(account_ids=[a.pk for a in accounts] or None)
+            self._watch(accounts, shard)
             return
         failures = 0
         for item in accounts or list(engine.due_accounts()):
@@ -32,6 +42,17 @@ class Command(BaseCommand):
             (self.stderr if failed else self.stdout).write(f"{item.email_address}: {line}")
         if failures:
             raise CommandError(f"{failures} account(s) failed; their last error shows in Settings > Email sync.")
+
+    def _watch(self, accounts: list[EmailAccount], shard) -> None:
+        # Named in pg_stat_activity, so an operator can count the watchers' database connections.
+        connection.close()
+        if connection.vendor == "postgresql":
+            connection.settings_dict.setdefault("OPTIONS", {})["application_name"] = "sync_mail watcher"
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        self.stdout.write("Watching mailboxes for new mail (Ctrl-C stops).")
+        self.stdout.flush()
+        watcher.run_forever(account_ids=[a.pk for a in accounts] or None, shard=shard, stop=stop)
 
     def _sync_until_done(self, account: EmailAccount, time_budget: float) -> tuple[str, bool]:
         created = existing = kept_apart = flags = deleted = 0
