@@ -268,17 +268,17 @@ def _stats(ids: list[int]) -> list[tuple]:
     if connection.vendor == "postgresql":
         threads, messages = (connection.ops.quote_name(model._meta.db_table) for model in (EmailThread, EmailMessage))
         with connection.cursor() as cursor:
+            # Per thread through the (thread_id, date) index (LATERAL): a GROUP BY over `thread_id = ANY(...)`
+            # was planned as a scan of the whole message table.
             cursor.execute(
                 f"""
                 SELECT t.id, t.message_count, t.first_message_at, t.last_message_at, t.subject, t.normalized_subject,
                        s.n, s.f, s.l, e.subject
                 FROM {threads} t
-                LEFT JOIN (SELECT thread_id, count(*) AS n, min(date) AS f, max(date) AS l FROM {messages}
-                           WHERE thread_id = ANY(%(ids)s) AND deleted_at IS NULL GROUP BY thread_id) s
-                       ON s.thread_id = t.id
-                LEFT JOIN (SELECT DISTINCT ON (thread_id) thread_id, subject FROM {messages}
-                           WHERE thread_id = ANY(%(ids)s) AND deleted_at IS NULL ORDER BY thread_id, date, id) e
-                       ON e.thread_id = t.id
+                CROSS JOIN LATERAL (SELECT count(*) AS n, min(date) AS f, max(date) AS l FROM {messages} m
+                                    WHERE m.thread_id = t.id AND m.deleted_at IS NULL) s
+                LEFT JOIN LATERAL (SELECT subject FROM {messages} m WHERE m.thread_id = t.id AND m.deleted_at IS NULL
+                                   ORDER BY date, id LIMIT 1) e ON true
                 WHERE t.id = ANY(%(ids)s)
                 """,  # noqa: S608 (table names from the models; values are parameters)
                 {"ids": ids},
