@@ -3,6 +3,7 @@ file of the shared corpus: the same bytes, flags, dates and sizes at the protoco
 stored subject, addresses, dates, text and attachment names after a full sync (issue 18)."""
 
 import datetime as dt
+import logging
 
 import pytest
 
@@ -79,6 +80,7 @@ def stored_by_uid(account) -> dict:
 
 
 def test_sync_with_the_fast_reader_stores_every_corpus_file_as_imapclient_did(dovecot, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="mailsync.protocols.imap")
     stored = {}
     for fast in (False, True):
         mail_user = dovecot.add_user()
@@ -133,3 +135,19 @@ def test_usual_fetch_reads_known_forms_and_declines_the_rest(texts, literals, ex
     uid, values = parsed
     values.pop(b"INTERNALDATE", None)
     assert (uid, values) == expected
+
+
+def test_an_unusual_response_reads_the_command_again_through_imapclient(dovecot, mail_user, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="mailsync.protocols.imap")
+    raws = [f"Subject: {n}\r\nMessage-ID: <{n}@x>\r\n\r\nbody {n}\r\n".encode() for n in range(5)]
+    dovecot.deliver_many(mail_user, [(raw, (), ARRIVED) for raw in raws])
+    with imap.connect(config_for(dovecot, mail_user)) as session:
+        session.select("INBOX", readonly=True)
+        uids = session.search_all_uids()
+        expected = list(session.fetch_messages(uids))
+        monkeypatch.setattr(imap, "_usual_fetch", lambda *args: None)  # every response looks unusual
+        again = list(session.fetch_messages(uids, batch_size=2))
+        assert session.fast_fetch is False  # the rest of the session goes through imapclient
+        assert again == expected and [item.raw for item in again] == raws
+        session.noop()  # the connection is in step: each command was read to its end
+    assert "unusual FETCH response" in caplog.text
