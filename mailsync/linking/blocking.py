@@ -164,7 +164,8 @@ def recompute_blocked_for_threads(thread_ids: Iterable[int]) -> None:
     for owner_id, ids in by_owner.items():
         if (
             patterns_by_owner.get(owner_id)
-            or _user_messages(owners[owner_id]).filter(thread_id__in=ids, is_blocked=True).exists()
+            # The threads are this owner's already: no join with the threads (it made this a scan).
+            or EmailMessage.objects.filter(thread_id__in=ids, is_blocked=True).exists()
         ):
             recompute_blocked(owners[owner_id], thread_ids=ids)
 

@@ -43,6 +43,7 @@ from crm.models import User
 from crm.params import parse_id
 from deals.models import Deal
 from leads.models import Lead
+from mailsync.mailboxes.tuning import without_jit
 from mailsync.models import AccountAddress, EmailAccount, EmailThread, MailSettings, MessageParticipant, ThreadLink
 from projects.models import Project
 
@@ -250,6 +251,7 @@ class OwnerData:
 
 @transaction.atomic
 def _link_batch(thread_ids: list[int]) -> None:
+    without_jit()
     # Row locks serialise linking with a user's link / unlink on the same thread, so an unlink made
     # while linking runs is never overwritten (services lock the thread the same way).
     threads = list(

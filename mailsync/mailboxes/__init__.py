@@ -5,6 +5,7 @@ Owns:
   that changes what a list shows (`refresh_mailboxes`), and the repair (`rebuild_all`);
 - `search`: the full-text documents of the list rows (PostgreSQL), written after the commit;
 - `locks`: the per-owner mail lock that ingestion, list placement and the bulk actions all take;
+- `tuning`: what the transactions of bulk mail writes set for themselves (no JIT);
 - `tasks`: the Celery task that indexes changed rows for search.
 
 May import: `models` and `crm`. Nothing else of mail sync: ingestion (`sync`), blocking (`linking`)

@@ -16,6 +16,8 @@ from django.db import DataError, connection, transaction
 
 from mailsync.models import EmailMessage, MailboxEntry, MailboxSearchDocument, MessageParticipant
 
+from .tuning import without_jit
+
 logger = logging.getLogger(__name__)
 
 # What a list row's search document holds: the start of each body (quoted history makes bodies long)
@@ -59,6 +61,7 @@ def index_for_search(entry_ids: Iterable[int]) -> int:
 
 
 def _write_documents(ids: list[int]) -> int:
+    without_jit()  # to_tsvector over many rows looks costly to the planner: JIT compiled it for ~40 ms
     # Addresses go in whole (exact match) and split at @ . - _ + (so "acme" finds anna@acme-logistics.pl).
     # strip(): positions are not needed (no phrase search) and would make the documents twice as big.
     # mailsync_cjk_terms (migration 0005): the two-character pieces of Chinese / Japanese / Korean runs,

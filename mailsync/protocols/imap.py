@@ -17,6 +17,9 @@ Rules encoded here (DESIGN.md, notes/imap-sync.md):
 - UID sets are sent as lists of ints, at most MAX_UIDS_PER_COMMAND per command (imapclient rejects
   '1:*' strings in fetch(); the one '1:*' query, CHANGEDSINCE, is sent by hand).
 - Bodies are fetched with BODY.PEEK[] so reading never sets \\Seen on the server.
+- FETCH responses are read straight from the connection (`_stream_fetch`: one read per literal, one
+  regular expression for the text around it; twice as fast as imapclient's parser); a response of any
+  other form sends that command, and the rest of the session, through imapclient.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
 from imapclient import imap4 as imapclient_imap4
 from imapclient import tls as imapclient_tls
+from imapclient.datetime_util import parse_to_datetime
 from imapclient.response_parser import parse_fetch_response
 
 from . import errors, hosts
@@ -46,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 MAX_UIDS_PER_COMMAND = 5000
 DEFAULT_FETCH_BATCH = 200
+# Read FETCH responses with _stream_fetch (False: imapclient's parser only; tests compare both).
+STREAM_FETCH = True
 IDLE_MAX_SECONDS = 29 * 60  # servers may drop an IDLE after 30 minutes (RFC 2177)
 
 SECURITY_SSL = "ssl"
@@ -411,6 +417,9 @@ class ImapSession:
         self.qresync_enabled = False
         self.selected: SelectedFolder | None = None
         self._empty_reads = 0
+        # FETCH responses are read by _stream_fetch (several times faster than imapclient's parser) until
+        # one of them is unusual; False: imapclient only.
+        self.fast_fetch = STREAM_FETCH
 
     def __enter__(self) -> ImapSession:
         return self
@@ -552,9 +561,20 @@ class ImapSession:
 
     def _fetch(self, uids: Iterable[int], item: str, key: bytes, batch_size: int) -> Iterator[FetchedMessage]:
         batch_size = max(1, min(batch_size, MAX_UIDS_PER_COMMAND))
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", item]
         for chunk in _chunks(uids, batch_size):
-            with _classified(self._config):
-                response = self._client.fetch(chunk, ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", item])
+            response = None
+            if self.fast_fetch:
+                with _classified(self._config):
+                    response = _stream_fetch(self._client._imap, chunk, items, key)
+                if response is None:
+                    # Something this reader does not know (another item order, a quoted body, NIL...):
+                    # imapclient reads this command again, and every later one of this session.
+                    logger.info("unusual FETCH response from %s; using imapclient's parser", self._config.host)
+                    self.fast_fetch = False
+            if response is None:
+                with _classified(self._config):
+                    response = self._client.fetch(chunk, items)
             for uid in sorted(response):
                 data = response[uid]
                 if key not in data:  # unsolicited FETCH (flags of another message), or vanished meanwhile
@@ -753,6 +773,125 @@ class ImapSession:
     def create_folder(self, name: str) -> None:
         with _classified(self._config):
             self._client.create_folder(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# FETCH responses, read straight from the connection
+
+# A line that ends in a literal ({size} then CRLF; imaplib's rule too).
+_LITERAL_AT_END = re.compile(rb"\{(\d+)\}\r\n\Z")
+_FETCH_START = re.compile(rb"\* (\d+) FETCH \(", re.IGNORECASE)
+_UNTAGGED = re.compile(rb"\* (?:(\d+) )?([A-Za-z-]+) ?(.*)\r\n\Z", re.DOTALL)
+# The items this reader knows, as Dovecot, Gmail, Exchange and the like send them (flags are atoms).
+_FETCH_ITEM = re.compile(
+    rb' ?(?:UID (\d+)|FLAGS \(([^()"{}\r\n]*)\)|INTERNALDATE "([^"\r\n]*)"'
+    rb"|RFC822\.SIZE (\d+)|MODSEQ \((\d+)\))",
+    re.IGNORECASE,
+)
+
+
+def _stream_fetch(imap: imaplib.IMAP4, uids: list[int], items: list[str], key: bytes) -> dict[int, dict] | None:
+    """UID FETCH `items` of `uids`, the responses read straight from the connection: uid -> {item: value}
+    with the values imapclient's fetch() gives (FLAGS: tuple of bytes, INTERNALDATE: datetime as sent,
+    RFC822.SIZE: int, `key`: the literal's bytes). imapclient lexes every byte of every response in
+    Python (about 2,600 msg/s here); this reads each literal in one call, and parses the short text
+    around it with one regular expression.
+
+    None when a response is not of the usual form: the command was read to its end (the connection is
+    ready for the next one) and the caller asks imapclient. NO / BAD raise like imapclient."""
+    tag = imap._command("UID", "FETCH", ",".join(str(uid) for uid in uids), "(" + " ".join(items) + ")")
+    tagged = tag + b" "
+    results: dict[int, dict] = {}
+    usual = True
+    while True:
+        line = _read_line(imap)
+        if line.startswith(tagged):
+            del imap.tagged_commands[tag]
+            status, _, text = line[len(tagged) :].rstrip(b"\r\n").partition(b" ")
+            if status.upper() != b"OK":
+                raise imap_exc.IMAPClientError(f"UID FETCH failed: {_text(status)} {_text(text)}")
+            return results if usual else None
+        texts, literals = [line], []
+        while (literal := _LITERAL_AT_END.search(line)) is not None:
+            literals.append(imap.read(int(literal.group(1))))
+            line = _read_line(imap)
+            texts.append(line)
+        start = _FETCH_START.match(texts[0])
+        if start is None:
+            _keep_untagged(imap, texts, literals)
+            continue
+        if usual:
+            parsed = _usual_fetch(texts, literals, key, start.end())
+            if parsed is None:
+                usual = False
+            else:
+                uid, values = parsed
+                results.setdefault(uid, {}).update(values)
+
+
+def _read_line(imap: imaplib.IMAP4) -> bytes:
+    line = imap.readline()
+    if not line:
+        raise imap.abort("socket error: EOF")
+    if not line.endswith(b"\r\n"):
+        raise imap.abort(f"socket error: unterminated line: {line[:100]!r}")
+    return line
+
+
+def _keep_untagged(imap: imaplib.IMAP4, texts: list[bytes], literals: list[bytes]) -> None:
+    """Another untagged response (EXISTS, EXPUNGE, VANISHED, OK [...]): filed where imaplib files them."""
+    untagged = _UNTAGGED.match(texts[0])
+    if untagged is None:
+        if texts[0].startswith(b"+"):
+            raise imap.abort(f"unexpected continuation during FETCH: {texts[0][:100]!r}")
+        raise imap.abort(f"unexpected response during FETCH: {texts[0][:100]!r}")
+    number, kind, rest = untagged.groups()
+    if kind.upper() == b"BYE":
+        raise imap.abort(_text(rest))
+    data = number if number is not None else rest
+    imap._append_untagged(_text(kind).upper(), data if not literals else (data, literals[0]))
+
+
+def _usual_fetch(texts: list[bytes], literals: list[bytes], key: bytes, offset: int) -> tuple[int, dict] | None:
+    """(uid, values) of `* n FETCH (items [key {size}] items)`, or None if it is not of that form."""
+    if len(literals) > 1:
+        return None
+    before = texts[0][offset:]
+    values: dict = {}
+    if literals:
+        marker = b"%s {%d}\r\n" % (key, len(literals[0]))
+        if not before.upper().endswith(marker.upper()):
+            return None
+        head = before[: len(before) - len(marker)].removesuffix(b" ")
+        tail = texts[1]
+        values[key] = literals[0]
+    else:
+        head, tail = b"", before
+    if not tail.endswith(b")\r\n"):
+        return None
+    text = head + tail[:-3]
+    position, end = 0, len(text)
+    uid = None
+    while position < end:
+        item = _FETCH_ITEM.match(text, position)
+        if item is None or item.end() == position:
+            return None
+        position = item.end()
+        number, flags, internaldate, size, _modseq = item.groups()
+        if number is not None:
+            uid = int(number)
+        elif flags is not None:
+            values[b"FLAGS"] = tuple(flags.split())
+        elif internaldate is not None:
+            try:
+                values[b"INTERNALDATE"] = parse_to_datetime(internaldate, normalise=False)
+            except ValueError:
+                values[b"INTERNALDATE"] = None
+        elif size is not None:
+            values[b"RFC822.SIZE"] = int(size)
+    if uid is None:
+        return None
+    return uid, values
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from pathlib import Path
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
@@ -58,6 +58,7 @@ from mailsync.linking import tasks as linking_tasks
 from mailsync.linking.rules import own_addresses
 from mailsync.mailboxes.locks import lock_owner_mail
 from mailsync.mailboxes.placement import place, refresh_mailboxes
+from mailsync.mailboxes.tuning import tune_bulk_write
 from mailsync.models import (
     Attachment,
     EmailAccount,
@@ -420,25 +421,6 @@ def attach_copies(
 # --- the transaction ------------------------------------------------------------------------------
 
 
-def _compress_bodies_with_lz4() -> None:
-    """Bodies are TOASTed; lz4 compresses them several times faster than the default pglz (measured:
-    message inserts take half the time). SET LOCAL: this transaction only, no schema change; values
-    remember their method, so reading needs nothing. Skipped when the server lacks lz4."""
-    global _LZ4_AVAILABLE
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        if _LZ4_AVAILABLE is None:
-            cursor.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
-            row = cursor.fetchone()
-            _LZ4_AVAILABLE = bool(row and row[0])
-        if _LZ4_AVAILABLE:
-            cursor.execute("SELECT set_config('default_toast_compression', 'lz4', true)")
-
-
-_LZ4_AVAILABLE: bool | None = None
-
-
 def _write_batch(
     account: EmailAccount,
     folder: MailFolder | None,
@@ -470,8 +452,7 @@ def _write_batch(
             _message_row(account, parsed[p], fetched[p], thread_id, date, files, sent_folder, now, folder)
             for p, thread_id, date in zip(new_positions, assignment.thread_ids, dates, strict=True)
         ]
-        if rows:
-            _compress_bodies_with_lz4()
+        tune_bulk_write(lz4_bodies=bool(rows))  # before the inserts and the set-based follow-ups
         created_ids = insert_rows(EmailMessage, MESSAGE_COLUMNS, rows, return_ids=True)
         for position, pk in zip(new_positions, created_ids, strict=True):
             match.claim(position, pk)

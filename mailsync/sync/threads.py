@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import connection, models
-from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce, Left
+from django.db.models import Count, Max, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from mailsync.models import EmailMessage, EmailThread, MailSettings, MessageParticipant, ThreadLink, ThreadReference
@@ -243,26 +242,102 @@ def merge_threads(target_id: int, other_ids: Sequence[int]) -> None:
 
 def refresh_thread_stats(thread_ids: Iterable[int]) -> None:
     """Recompute message_count, first/last_message_at and subject (of the earliest message) of these
-    threads from their live (not deleted) messages: one set-based UPDATE, one SELECT for subjects,
-    and an UPDATE per thread whose subject changed (rare: a parent that arrived after its replies)."""
+    threads from their live (not deleted) messages, and write the threads whose values changed.
+
+    One SELECT and one UPDATE (of the threads whose values changed), whatever the number of threads.
+    Subjects change often during an initial sync, which takes the newest mail first: a thread starts
+    with a reply's subject, its parent comes later."""
     ids = sorted(set(thread_ids))
     if not ids:
         return
+    rows = []
+    for pk, count, first, last, subject, normalized, wanted_count, wanted_first, wanted_last, earliest in _stats(ids):
+        wanted = (wanted_count or 0, wanted_first, wanted_last)
+        if earliest is not None and earliest[:SUBJECT_MAX] != subject:
+            subject = earliest[:SUBJECT_MAX]
+            normalized = normalize_subject(subject)
+        elif (count, first, last) == wanted:
+            continue
+        rows.append((pk, *wanted, subject, normalized))
+    _update_threads(rows)
+
+
+def _stats(ids: list[int]) -> list[tuple]:
+    """Per thread: its stored (pk, message_count, first/last_message_at, subject, normalized_subject), then
+    from its live messages: the count, first and last date (None without any) and the earliest subject."""
+    if connection.vendor == "postgresql":
+        threads, messages = (connection.ops.quote_name(model._meta.db_table) for model in (EmailThread, EmailMessage))
+        with connection.cursor() as cursor:
+            # Per thread through the (thread_id, date) index (LATERAL): a GROUP BY over `thread_id = ANY(...)`
+            # was planned as a scan of the whole message table.
+            cursor.execute(
+                f"""
+                SELECT t.id, t.message_count, t.first_message_at, t.last_message_at, t.subject, t.normalized_subject,
+                       s.n, s.f, s.l, e.subject
+                FROM {threads} t
+                CROSS JOIN LATERAL (SELECT count(*) AS n, min(date) AS f, max(date) AS l FROM {messages} m
+                                    WHERE m.thread_id = t.id AND m.deleted_at IS NULL) s
+                LEFT JOIN LATERAL (SELECT subject FROM {messages} m WHERE m.thread_id = t.id AND m.deleted_at IS NULL
+                                   ORDER BY date, id LIMIT 1) e ON true
+                WHERE t.id = ANY(%(ids)s)
+                """,  # noqa: S608 (table names from the models; values are parameters)
+                {"ids": ids},
+            )
+            return cursor.fetchall()
     live = EmailMessage.objects.filter(thread=OuterRef("pk"), deleted_at__isnull=True).order_by()
-    EmailThread.objects.filter(pk__in=ids).update(
-        message_count=Coalesce(Subquery(live.values("thread").annotate(n=Count("pk")).values("n")[:1]), 0),
-        first_message_at=Subquery(live.values("thread").annotate(d=Min("date")).values("d")[:1]),
-        last_message_at=Subquery(live.values("thread").annotate(d=Max("date")).values("d")[:1]),
-    )
-    earliest = (
+    per_thread = live.values("thread")
+    return list(
         EmailThread.objects.filter(pk__in=ids)
-        .annotate(first_subject=Left(Subquery(live.order_by("date", "pk").values("subject")[:1]), SUBJECT_MAX))
-        .filter(first_subject__isnull=False)
-        .exclude(first_subject=F("subject"))
-        .values_list("pk", "first_subject")
+        .annotate(
+            wanted_count=Subquery(per_thread.annotate(n=Count("pk")).values("n")[:1]),
+            wanted_first=Subquery(per_thread.annotate(d=Min("date")).values("d")[:1]),
+            wanted_last=Subquery(per_thread.annotate(d=Max("date")).values("d")[:1]),
+            earliest=Subquery(live.order_by("date", "pk").values("subject")[:1]),
+        )
+        .values_list(
+            "pk",
+            "message_count",
+            "first_message_at",
+            "last_message_at",
+            "subject",
+            "normalized_subject",
+            "wanted_count",
+            "wanted_first",
+            "wanted_last",
+            "earliest",
+        )
     )
-    for pk, subject in earliest:
-        EmailThread.objects.filter(pk=pk).update(subject=subject, normalized_subject=normalize_subject(subject))
+
+
+_STAT_FIELDS = ("message_count", "first_message_at", "last_message_at", "subject", "normalized_subject")
+
+
+def _update_threads(rows: list[tuple]) -> None:
+    """(pk, message_count, first_message_at, last_message_at, subject, normalized_subject) -> the threads.
+    On PostgreSQL one UPDATE from arrays (Django's bulk_update builds a CASE per row and field in Python,
+    which took most of the time of this function)."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        EmailThread.objects.bulk_update(
+            [EmailThread(pk=row[0], **dict(zip(_STAT_FIELDS, row[1:], strict=True))) for row in rows],
+            list(_STAT_FIELDS),
+            batch_size=500,
+        )
+        return
+    columns = list(zip(*rows, strict=True))
+    table = connection.ops.quote_name(EmailThread._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {table} t SET message_count = v.n, first_message_at = v.f, last_message_at = v.l,
+                                 subject = v.s, normalized_subject = v.ns
+            FROM unnest(%s::bigint[], %s::integer[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[])
+                 AS v(id, n, f, l, s, ns)
+            WHERE t.id = v.id
+            """,  # noqa: S608 (the table name comes from the model; values are parameters)
+            [list(column) for column in columns],
+        )
 
 
 def bulk_insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
