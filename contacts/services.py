@@ -41,6 +41,26 @@ def set_person_emails(*, person: Person, emails: Sequence[str]) -> None:
 
 
 @transaction.atomic
+def clear_bouncing(*, person: Person, email_pk: int) -> PersonEmail:
+    """ "The address is fine": forget that mail to it bounced (until the next permanent failure)."""
+    item = person.emails.select_for_update().get(pk=email_pk)
+    item.bouncing_since = None
+    item.bounce_status = ""
+    item.bounce_diagnostic = ""
+    item.save(update_fields=["bouncing_since", "bounce_status", "bounce_diagnostic"])
+    return item
+
+
+@transaction.atomic
+def remove_person_email(*, person: Person, email_pk: int) -> str:
+    """Remove one address of the person (a bouncing one, say); the next one becomes primary. Returns it."""
+    item = person.emails.get(pk=email_pk)
+    set_person_emails(person=person, emails=[other.email for other in person.emails.all() if other.pk != item.pk])
+    relink_after_commit(person)
+    return item.email
+
+
+@transaction.atomic
 def create_person(
     *,
     owner: User,

@@ -1,7 +1,8 @@
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from crm.records import ListFilterForm, can_delete, delete_record_view, paginate, render_list, save_record_form
 from deals.selectors import deals_linked_to
@@ -64,6 +65,22 @@ def person_edit(request: HttpRequest, pk: int) -> HttpResponse:
         title=f"Edit {person.name}",
         cancel_url=person.get_absolute_url(),
     )
+
+
+@require_POST
+def person_email_fine(request: HttpRequest, pk: int, email_pk: int) -> HttpResponse:
+    person = selectors.get_person_for_user(request.user, pk)
+    item = services.clear_bouncing(person=person, email_pk=email_pk)
+    messages.success(request, f"{item.email} is no longer marked as bouncing.")
+    return redirect(person.get_absolute_url())
+
+
+@require_POST
+def person_email_remove(request: HttpRequest, pk: int, email_pk: int) -> HttpResponse:
+    person = selectors.get_person_for_user(request.user, pk)
+    address = services.remove_person_email(person=person, email_pk=email_pk)
+    messages.success(request, f"{address} was removed from {person.name}.")
+    return redirect(person.get_absolute_url())
 
 
 @require_http_methods(["GET", "POST"])

@@ -13,16 +13,18 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
 `outgoing` (OutgoingMessage, OutgoingAttachment: drafts and mail on its way out),
-`smart_bcc` (SmartBcc*), `templates` (EmailTemplate, Signature, SignatureImage), `certificates`
-(TrustedCertificate); beside them `crypto` (credentials at rest behind EmailAccount.set_secret /
-get_secret) and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets
-only: writes live in the services of the packages above.
+`delivery` (DeliveryFailure: what bounce reports say about sent mail), `smart_bcc` (SmartBcc*),
+`templates` (EmailTemplate, Signature, SignatureImage), `certificates` (TrustedCertificate); beside them
+`crypto` (credentials at rest behind EmailAccount.set_secret / get_secret) and `filenames` (how an
+attachment's name may be shown). Fields, constraints and QuerySets only: writes live in the services of
+the packages above.
 May import: `protocols` (the classified error of unreadable credentials), Django and the CRM's models.
 Nothing else of mail sync.
 """
 
 from .accounts import AccountAddress, AuthKind, EmailAccount, MailFolder, Security
 from .certificates import TrustedCertificate
+from .delivery import DeliveryFailure
 from .linking import BlockedAddress, ThreadLink
 from .mail import Attachment, EmailMessage, EmailThread, Mailbox, MessageLocation, MessageParticipant, ThreadReference
 from .mailboxes import MailboxEntry, MailboxSearchDocument
@@ -37,6 +39,7 @@ __all__ = [
     "Attachment",
     "AuthKind",
     "BlockedAddress",
+    "DeliveryFailure",
     "EmailAccount",
     "EmailMessage",
     "EmailTemplate",

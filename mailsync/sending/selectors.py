@@ -4,12 +4,21 @@ else's account. What others see of sent mail is the stored message, by the norma
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import Q, QuerySet
 
 from contacts.models import Person, PersonEmail
 from crm.models import User
 from mailsync.linking import access
-from mailsync.models import EmailAccount, EmailMessage, MessageParticipant, OutgoingAttachment, OutgoingMessage
+from mailsync.models import (
+    DeliveryFailure,
+    EmailAccount,
+    EmailMessage,
+    MessageParticipant,
+    OutgoingAttachment,
+    OutgoingMessage,
+)
 
 AUTOCOMPLETE_LIMIT = 8
 
@@ -103,3 +112,19 @@ def address_suggestions(user: User, query: str) -> list[tuple[str, str]]:
             if address.lower() not in own and len(found) < AUTOCOMPLETE_LIMIT:
                 found.setdefault(address, name)
     return [(name, address) for address, name in found.items()]
+
+
+def delivery_failures_of(message_ids: Iterable[int]) -> dict[int, list[DeliveryFailure]]:
+    """message pk -> what delivery reports say about it: the newest report per recipient (a delay notice
+    followed by the final bounce shows the bounce). One query.
+
+    The caller has already checked that the user may see these messages: the delivery outcome of a message
+    is seen by whoever may see its thread, never more. The report itself stays in its owner's mailbox
+    (Delivery reports): only the recipient, the outcome, the status and the server's diagnostic show here."""
+    ids = [int(pk) for pk in message_ids if pk]
+    if not ids:
+        return {}
+    result: dict[int, dict[str, DeliveryFailure]] = {}
+    for failure in DeliveryFailure.objects.filter(sent_message_id__in=ids).order_by("reported_at", "pk"):
+        result.setdefault(failure.sent_message_id, {})[failure.recipient] = failure
+    return {pk: sorted(by_recipient.values(), key=lambda f: f.recipient) for pk, by_recipient in result.items()}

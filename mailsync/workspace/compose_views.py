@@ -341,7 +341,12 @@ def outgoing_detail(request: HttpRequest, pk: int) -> HttpResponse:
     outgoing = _outgoing(request, pk)
     if outgoing.state == OutgoingMessage.State.DRAFT:
         return redirect("mailsync:compose", pk=outgoing.pk)
-    context = {"outgoing": outgoing, "now": timezone.now()}
+    failures = selectors.delivery_failures_of([outgoing.sent_message_id]) if outgoing.sent_message_id else {}
+    context = {
+        "outgoing": outgoing,
+        "now": timezone.now(),
+        "delivery_failures": failures.get(outgoing.sent_message_id, []),
+    }
     template = "mailsync/compose/_status.html" if request.GET.get("fragment") else "mailsync/compose/outgoing.html"
     return _no_store(render(request, template, context))
 

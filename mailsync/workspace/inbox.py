@@ -41,6 +41,7 @@ from mailsync.models import (
     MessageParticipant,
     ThreadLink,
 )
+from mailsync.sending.selectors import delivery_failures_of
 
 from .conversation_services import from_existing_contact
 
@@ -49,6 +50,7 @@ MAILBOXES = {
     Mailbox.INBOX: "Inbox",
     Mailbox.BULK: "Bulk",
     Mailbox.SENT: "Sent",
+    Mailbox.REPORTS: "Delivery reports",
     Mailbox.ARCHIVE: "Archive",
     Mailbox.TRASH: "Trash",
 }
@@ -96,6 +98,8 @@ class ThreadRow:
     entry: MailboxEntry
     correspondents: list[str]
     links: list = field(default_factory=list)
+    # Sent: what delivery reports say about the latest message (DeliveryFailure rows).
+    delivery_failures: list = field(default_factory=list)
 
     @property
     def thread(self) -> EmailThread:
@@ -350,9 +354,15 @@ def inbox_page(
     else:
         correspondents = _senders(thread_ids)
     links = _links(user, thread_ids)
+    failures = (
+        delivery_failures_of([entry.latest_message_id for entry in page_entries]) if mailbox == Mailbox.SENT else {}
+    )
     rows = [
         ThreadRow(
-            entry=entry, correspondents=correspondents.get(entry.thread_id, []), links=links.get(entry.thread_id, [])
+            entry=entry,
+            correspondents=correspondents.get(entry.thread_id, []),
+            links=links.get(entry.thread_id, []),
+            delivery_failures=failures.get(entry.latest_message_id, []),
         )
         for entry in page_entries
     ]
