@@ -69,17 +69,17 @@ def person_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 def person_email_fine(request: HttpRequest, pk: int, email_pk: int) -> HttpResponse:
-    person = selectors.get_person_for_user(request.user, pk)
-    item = services.clear_bouncing(person=person, email_pk=email_pk)
+    item = services.clear_bouncing(person_email=selectors.get_person_email_for_user(request.user, pk, email_pk))
     messages.success(request, f"{item.email} is no longer marked as bouncing.")
-    return redirect(person.get_absolute_url())
+    return redirect(item.person.get_absolute_url())
 
 
 @require_POST
 def person_email_remove(request: HttpRequest, pk: int, email_pk: int) -> HttpResponse:
-    person = selectors.get_person_for_user(request.user, pk)
-    address = services.remove_person_email(person=person, email_pk=email_pk)
-    messages.success(request, f"{address} was removed from {person.name}.")
+    item = selectors.get_person_email_for_user(request.user, pk, email_pk)
+    person = item.person
+    services.remove_person_email(person_email=item, user=request.user)
+    messages.success(request, f"{item.email} was removed from {person.name}.")
     return redirect(person.get_absolute_url())
 
 

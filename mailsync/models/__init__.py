@@ -13,7 +13,8 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
 `outgoing` (OutgoingMessage, OutgoingAttachment: drafts and mail on its way out),
-`delivery` (DeliveryFailure: what bounce reports say about sent mail), `smart_bcc` (SmartBcc*),
+`delivery` (DeliveryFailure: what bounce reports say about sent mail), `tracking` (TrackedLink,
+TrackingEvent), `smart_bcc` (SmartBcc*),
 `templates` (EmailTemplate, Signature, SignatureImage), `certificates` (TrustedCertificate); beside them
 `crypto` (credentials at rest behind EmailAccount.set_secret / get_secret) and `filenames` (how an
 attachment's name may be shown). Fields, constraints and QuerySets only: writes live in the services of
@@ -33,6 +34,7 @@ from .outgoing import OutgoingAttachment, OutgoingMessage
 from .preferences import MailSettings
 from .smart_bcc import SmartBccAddress, SmartBccDelivery, SmartBccSender
 from .templates import EmailTemplate, Signature, SignatureImage
+from .tracking import TrackedLink, TrackingEvent
 
 __all__ = [
     "AccountAddress",
@@ -62,5 +64,7 @@ __all__ = [
     "SmartBccSender",
     "ThreadLink",
     "ThreadReference",
+    "TrackedLink",
+    "TrackingEvent",
     "TrustedCertificate",
 ]

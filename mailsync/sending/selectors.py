@@ -18,7 +18,10 @@ from mailsync.models import (
     MessageParticipant,
     OutgoingAttachment,
     OutgoingMessage,
+    TrackingEvent,
 )
+
+from . import tracking
 
 AUTOCOMPLETE_LIMIT = 8
 
@@ -128,3 +131,35 @@ def delivery_failures_of(message_ids: Iterable[int]) -> dict[int, list[DeliveryF
     for failure in DeliveryFailure.objects.filter(sent_message_id__in=ids).order_by("reported_at", "pk"):
         result.setdefault(failure.sent_message_id, {})[failure.recipient] = failure
     return {pk: sorted(by_recipient.values(), key=lambda f: f.recipient) for pk, by_recipient in result.items()}
+
+
+def tracking_of(message_ids: Iterable[int]) -> dict[int, tracking.TrackingSummary]:
+    """sent message pk -> what its tracking saw ("Opened 3 times (1 likely by a person), clicked 'pricing'"),
+    for the messages sent from the CRM with tracking on. Two queries.
+
+    The caller has already checked that the user may see these messages: tracking data of a message is
+    seen by whoever may see its thread, never more."""
+    ids = [int(pk) for pk in message_ids if pk]
+    if not ids:
+        return {}
+    tracked = dict(
+        OutgoingMessage.objects.filter(sent_message_id__in=ids, tracking=True).values_list("pk", "sent_message_id")
+    )
+    if not tracked:
+        return {}
+    events: dict[int, list[TrackingEvent]] = {pk: [] for pk in tracked}
+    for event in TrackingEvent.objects.filter(outgoing_id__in=list(tracked)).select_related("link"):
+        events[event.outgoing_id].append(event)
+    return {tracked[pk]: tracking.summarize(items) for pk, items in events.items()}
+
+
+def recent_tracking_activity(user: User, *, limit: int = 8) -> list[TrackingEvent]:
+    """The newest opens and clicks likely by a person of the user's own tracked mail (the dashboard's
+    "activity"): only the sender sees them here."""
+    if not user.is_authenticated:
+        return []
+    return list(
+        TrackingEvent.objects.filter(outgoing__owner=user, verdict=TrackingEvent.Verdict.PERSON)
+        .select_related("outgoing", "outgoing__sent_message", "link")
+        .order_by("-occurred_at", "-pk")[:limit]
+    )
