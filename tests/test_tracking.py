@@ -18,7 +18,8 @@ from mailsync.models import EmailMessage, MailSettings, OutgoingMessage, Tracked
 from mailsync.sending import services, tracking
 from mailsync.sending.tracking import Hit, MessageFacts, classify
 from mailsync.sync.ingest import ingest_raw
-from tests.mail_factories import EmailAccountFactory
+from tests.factories import PersonFactory
+from tests.mail_factories import EmailAccountFactory, ThreadLinkFactory
 
 Verdict = TrackingEvent.Verdict
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
@@ -138,13 +139,15 @@ def test_a_draft_or_untracked_message_has_no_live_pixel(client, tracked):
     assert not TrackingEvent.objects.exists()
 
 
-def test_the_senders_own_open_is_told_apart(client, alice, tracked):
+def test_the_senders_own_open_is_told_apart(client, alice, bob, tracked):
     pixel, _links = urls_in(tracked)
     client.force_login(alice)
     client.get(path_of(pixel), HTTP_USER_AGENT=BROWSER, REMOTE_ADDR="203.0.113.9")
+    client.force_login(bob)  # a colleague showing the images of the sent copy in the CRM
+    client.get(path_of(pixel), HTTP_USER_AGENT=BROWSER, REMOTE_ADDR="203.0.113.11")
     client.logout()
     client.get(path_of(pixel), HTTP_USER_AGENT=BROWSER, REMOTE_ADDR="198.51.100.7")  # where alice sent it from
-    assert list(TrackingEvent.objects.values_list("verdict", flat=True)) == [Verdict.SENDER, Verdict.SENDER]
+    assert list(TrackingEvent.objects.values_list("verdict", flat=True)) == [Verdict.SENDER] * 3
 
 
 # --- the classifier, one class at a time ----------------------------------------------------------------
@@ -174,6 +177,7 @@ FACTS = MessageFacts(delivered_at=NOW - timedelta(hours=1), sender_ip="198.51.10
         (Hit("click", "203.0.113.9", BROWSER, NOW), MessageFacts(NOW - timedelta(seconds=3), None), Verdict.SCANNER),
         (Hit("open", "203.0.113.9", BROWSER, NOW, signed_in_as_sender=True), FACTS, Verdict.SENDER),
         (Hit("open", "198.51.100.7", BROWSER, NOW), FACTS, Verdict.SENDER),
+        (Hit("open", "203.0.113.9", BROWSER, NOW, signed_in_as_colleague=True), FACTS, Verdict.SENDER),
         (Hit("open", "203.0.113.9", BROWSER, NOW), MessageFacts(NOW - timedelta(seconds=3), None), Verdict.PERSON),
         (Hit("click", "203.0.113.9", BROWSER, NOW), FACTS, Verdict.PERSON),
     ],
@@ -200,6 +204,10 @@ def test_thread_sent_list_and_dashboard_show_people_apart_from_machines(client, 
     assert expected in sent_html
     home_html = client.get(reverse("home")).content.decode()
     assert "Recent activity on your mail" in home_html and "Clicked" in home_html and "Offer" in home_html
+    # The timeline of a record the conversation is linked to.
+    person = PersonFactory(owner=alice)
+    ThreadLinkFactory(thread=tracked.sent_message.thread, person=person)
+    assert expected in client.get(person.get_absolute_url()).content.decode()
     # The thread is private: an outsider sees neither it nor its tracking.
     client.force_login(charlie)
     assert client.get(reverse("mailsync:thread_detail", args=[tracked.sent_message.thread_id])).status_code == 404

@@ -36,7 +36,7 @@ class TrackingEvent(models.Model):
         APPLE_PROXY = "apple_proxy", "Apple Mail Privacy Protection"
         GOOGLE_PROXY = "google_proxy", "Google image proxy"
         SCANNER = "scanner", "Security scanner"
-        SENDER = "sender", "You (the sender)"
+        SENDER = "sender", "The sender or a colleague"
 
     outgoing = models.ForeignKey(OutgoingMessage, on_delete=models.CASCADE, related_name="tracking_events")
     kind = models.CharField(max_length=5, choices=Kind.choices)

@@ -163,3 +163,23 @@ def recent_tracking_activity(user: User, *, limit: int = 8) -> list[TrackingEven
         .select_related("outgoing", "outgoing__sent_message", "link")
         .order_by("-occurred_at", "-pk")[:limit]
     )
+
+
+def tracking_of_threads(thread_ids: Iterable[int]) -> dict[int, tracking.TrackingSummary]:
+    """thread pk -> what tracking saw of the tracked mail sent in it (all its tracked messages together), for
+    a record's timeline. Two queries for the whole page. The caller has checked that the user may see the
+    threads (the timeline only lists visible ones)."""
+    ids = [int(pk) for pk in thread_ids if pk]
+    if not ids:
+        return {}
+    thread_of = dict(
+        OutgoingMessage.objects.filter(sent_message__thread_id__in=ids, tracking=True).values_list(
+            "pk", "sent_message__thread_id"
+        )
+    )
+    if not thread_of:
+        return {}
+    events: dict[int, list[TrackingEvent]] = {thread_id: [] for thread_id in thread_of.values()}
+    for event in TrackingEvent.objects.filter(outgoing_id__in=list(thread_of)).select_related("link"):
+        events[thread_of[event.outgoing_id]].append(event)
+    return {thread_id: tracking.summarize(items) for thread_id, items in events.items()}

@@ -8,7 +8,8 @@ At queue time (services.queue_message, where the MIME bytes are fixed) a message
 index, 128 bits, compared in constant time: a tampered or unknown URL gets a plain 404 and never a redirect.
 
 Every hit is classified, with its reason (`classify`, pure):
-- the sender: signed in to the CRM as the sender, or from the address (IP) they sent the message from;
+- the sender: signed in to the CRM as the sender (or as a colleague reading the sent copy of a shared
+  conversation), or from the address (IP) they sent the message from;
 - Apple Mail Privacy Protection: Apple's network (17.0.0.0/8) or the bare "Mozilla/5.0" user agent of
   Apple's relay: every Apple Mail recipient "opens" at delivery;
 - Google's image proxy ("GoogleImageProxy"): the recipient opened it in Gmail (Gmail caches the image, so
@@ -77,6 +78,8 @@ class Hit:
     user_agent: str
     at: datetime
     signed_in_as_sender: bool = False
+    # Signed in to the CRM as someone else: a colleague reading the sent copy in a shared conversation.
+    signed_in_as_colleague: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,8 @@ def classify(hit: Hit, facts: MessageFacts) -> tuple[str, str]:
     address = _ip(hit.ip)
     if hit.signed_in_as_sender:
         return Verdict.SENDER, "signed in to the CRM as the sender"
+    if hit.signed_in_as_colleague:
+        return Verdict.SENDER, "signed in to the CRM: a colleague reading the sent copy"
     if facts.sender_ip and hit.ip == facts.sender_ip:
         return Verdict.SENDER, "from the address the sender sent it from"
     if "googleimageproxy" in agent.lower():

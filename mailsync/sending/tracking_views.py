@@ -56,22 +56,27 @@ def _within_rate_limit(ip: str) -> bool:
     return count <= settings.MAILSYNC_TRACKING_RATE_LIMIT
 
 
-def _signed_in_as(request: HttpRequest, owner_id: int) -> bool:
+def _signed_in_as(request: HttpRequest, owner_id: int) -> tuple[bool, bool]:
+    """(the sender, another CRM user) signed in on this browser."""
     if settings.SESSION_COOKIE_NAME not in request.COOKIES:
-        return False  # no session lookup for recipients
-    return request.user.is_authenticated and request.user.pk == owner_id
+        return False, False  # no session lookup for recipients
+    if not request.user.is_authenticated:
+        return False, False
+    return request.user.pk == owner_id, request.user.pk != owner_id
 
 
 def _record(request: HttpRequest, *, kind: str, outgoing_pk: int, owner_id: int, facts: MessageFacts, link_id=None):
     ip = client_ip(request)
     if not _within_rate_limit(ip):
         return
+    sender, colleague = _signed_in_as(request, owner_id)
     hit = Hit(
         kind=kind,
         ip=ip,
         user_agent=request.META.get("HTTP_USER_AGENT", ""),
         at=timezone.now(),
-        signed_in_as_sender=_signed_in_as(request, owner_id),
+        signed_in_as_sender=sender,
+        signed_in_as_colleague=colleague,
     )
     record_hit(outgoing_pk=outgoing_pk, facts=facts, hit=hit, link_id=link_id)
 
