@@ -293,3 +293,14 @@ def test_fixing_a_bouncing_address_is_for_who_sees_the_person(client, alice, cha
     client.force_login(alice)
     assert client.post(reverse("contacts:person_email_remove", args=[person.pk, address.pk])).status_code == 302
     assert not PersonEmail.objects.filter(pk=address.pk).exists()
+
+
+def test_a_bug_in_the_bounce_check_never_costs_the_message(monkeypatch):
+    from mailsync.sync import parsing
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(parsing, "may_be_bounce", broken)
+    parsed = parse_message(b"From: ann@example.org\r\nSubject: Hello\r\n\r\nHi there\r\n")
+    assert parsed.parse_error == "" and parsed.subject == "Hello" and parsed.bounce is None

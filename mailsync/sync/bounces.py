@@ -100,6 +100,7 @@ _NOT_FAILED_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
 MAX_RECIPIENTS = 100
 MAX_DIAGNOSTIC = 500
 MAX_SCAN_CHARS = 200_000
+MAX_HEADER_CHARS = 1_000
 
 
 @dataclass(slots=True, frozen=True)
@@ -131,18 +132,16 @@ def may_be_bounce(headers: dict[str, list[str]], content_type: str, report_type:
         return report_type.lower() in ("", "delivery-status")
     if headers.get("x-failed-recipients"):
         return True
-    sender = (headers.get("from") or [""])[0]
+    sender = (headers.get("from") or [""])[0][:MAX_HEADER_CHARS]  # parseaddr is slow on huge headers
     address = email.utils.parseaddr(sender)[1].lower()
     local = address.rsplit("@", 1)[0] if address else sender.strip().strip("<>").lower()
     if local in _DAEMON_LOCALPARTS or "mailer-daemon" in sender.lower() or not local:
         return True  # a daemon, a postmaster, or the null sender "<>"
     if raw.find(b"elivery-status", 0, MAX_SCAN_CHARS) >= 0:  # [Dd]elivery-status, without copying the bytes
         return True  # an RFC 3464 part in a report that is not multipart/report
-    subject = (
-        _decode_subject((headers.get("subject") or [""])[0])
-        if "=?" in str(headers.get("subject"))
-        else (headers.get("subject") or [""])[0]
-    )
+    subject = (headers.get("subject") or [""])[0][:MAX_HEADER_CHARS]  # decoding is slow on huge headers
+    if "=?" in subject:
+        subject = _decode_subject(subject)
     if _AUTO_REPLY_SUBJECT.search(subject):
         return False
     return_path = (headers.get("return-path") or [""])[-1].strip()

@@ -1172,10 +1172,7 @@ def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> P
     cc = _parse_addresses(headers.get("cc"), defects, "Cc")
     bcc = _parse_addresses(headers.get("bcc"), defects, "Bcc")
 
-    bounce = None
-    report_type = str(_safe(lambda: msg.get_param("report-type")) or "")
-    if may_be_bounce(headers, msg.get_content_type(), report_type, raw):
-        bounce = read_bounce(raw)  # rare: reads the message again, fully, with the stdlib
+    bounce = _bounce_report(msg, headers, raw)
     body = _BodyCollector(defects)
     body.collect(msg)
     msg = None  # drop the tree now: only the decoded bodies and payloads are kept from here on
@@ -1253,6 +1250,18 @@ def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> P
         is_bulk=is_bulk_headers(headers) and bounce is None,
         bounce=bounce,
     )
+
+
+def _bounce_report(msg, headers: dict[str, list[str]], raw: bytes) -> BounceReport | None:
+    """The delivery failure report this message is, if it is one. Ordinary mail costs a look at its headers;
+    a candidate is read again, fully, with the stdlib (rare). A failure here never costs the message."""
+    try:
+        report_type = str(_safe(lambda: msg.get_param("report-type")) or "")
+        if may_be_bounce(headers, msg.get_content_type(), report_type, raw):
+            return read_bounce(raw)
+    except Exception:  # the message is stored as it is, only not recognised as a report
+        return None
+    return None
 
 
 def _raw_key(raw: bytes) -> str:
