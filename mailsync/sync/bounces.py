@@ -84,7 +84,9 @@ _ORIGINAL_MARKER = re.compile(
 )
 # Lines whose addresses are the sender's or a helpdesk's, never a failed recipient.
 _NOT_RECIPIENT_LINE = re.compile(
-    r"^\s*(?:from|reply-to|sender|return-path|original\s+sender|message-id|in-reply-to|references)\s*:"
+    r"^\s*(?:from|reply-to|sender|return-path|original\s+sender|message-id|in-reply-to|references|cc|bcc|"
+    r"received|delivered-to|x-original-to|dkim-signature|list-[a-z]+)\s*:"
+    r"|^\s+(?:by|with|id|for)\s+\S"  # continuation lines of a quoted Received header
     r"|mail\s+from\s*:|envelope-from|\b(?:contact|assistance)\b",
     re.I,
 )
