@@ -83,6 +83,11 @@ class PersonEmail(models.Model):
     person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="emails")
     email = models.EmailField(max_length=320, unique=True)
     is_primary = models.BooleanField(default=False)
+    # Mail to it bounced for good (a 5.x.x delivery failure of mail its sender sent from a synced mailbox);
+    # cleared by "The address is fine" (contacts.services.clear_bouncing).
+    bouncing_since = models.DateTimeField(null=True, blank=True)
+    bounce_status = models.CharField(max_length=12, blank=True)
+    bounce_diagnostic = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["-is_primary", "email"]

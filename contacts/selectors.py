@@ -64,6 +64,12 @@ def get_person_for_user(user: User, pk: int) -> Person:
     return get_object_or_404(people, pk=pk)
 
 
+def get_person_email_for_user(user: User, person_pk: int, email_pk: int) -> PersonEmail:
+    """One address of a person the user may see; 404 otherwise."""
+    person = get_person_for_user(user, person_pk)
+    return get_object_or_404(person.emails.select_related("person"), pk=email_pk)
+
+
 def get_organization_for_user(user: User, pk: int) -> Organization:
     organizations = visible_organizations(user).select_related("owner").prefetch_related("domains")
     return get_object_or_404(organizations, pk=pk)

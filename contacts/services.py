@@ -41,6 +41,27 @@ def set_person_emails(*, person: Person, emails: Sequence[str]) -> None:
 
 
 @transaction.atomic
+def clear_bouncing(*, person_email: PersonEmail) -> PersonEmail:
+    """The address is fine: forget that mail to it bounced (until the next permanent failure)."""
+    person_email.bouncing_since = None
+    person_email.bounce_status = ""
+    person_email.bounce_diagnostic = ""
+    person_email.save(update_fields=["bouncing_since", "bounce_status", "bounce_diagnostic"])
+    return person_email
+
+
+@transaction.atomic
+def remove_person_email(*, person_email: PersonEmail, user: User) -> None:
+    """Remove one address of a person (a bouncing one, say); the next one becomes primary. A deletion: for
+    the person's owner or a company admin, as deleting the person is."""
+    person = person_email.person
+    require_can_delete(user, person)
+    remaining = [other.email for other in person.emails.all() if other.pk != person_email.pk]
+    set_person_emails(person=person, emails=remaining)
+    relink_after_commit(person)
+
+
+@transaction.atomic
 def create_person(
     *,
     owner: User,

@@ -1,7 +1,8 @@
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from crm.records import ListFilterForm, can_delete, delete_record_view, paginate, render_list, save_record_form
 from deals.selectors import deals_linked_to
@@ -64,6 +65,22 @@ def person_edit(request: HttpRequest, pk: int) -> HttpResponse:
         title=f"Edit {person.name}",
         cancel_url=person.get_absolute_url(),
     )
+
+
+@require_POST
+def person_email_fine(request: HttpRequest, pk: int, email_pk: int) -> HttpResponse:
+    item = services.clear_bouncing(person_email=selectors.get_person_email_for_user(request.user, pk, email_pk))
+    messages.success(request, f"{item.email} is no longer marked as bouncing.")
+    return redirect(item.person.get_absolute_url())
+
+
+@require_POST
+def person_email_remove(request: HttpRequest, pk: int, email_pk: int) -> HttpResponse:
+    item = selectors.get_person_email_for_user(request.user, pk, email_pk)
+    person = item.person
+    services.remove_person_email(person_email=item, user=request.user)
+    messages.success(request, f"{item.email} was removed from {person.name}.")
+    return redirect(person.get_absolute_url())
 
 
 @require_http_methods(["GET", "POST"])

@@ -238,6 +238,13 @@ MAILSYNC_INBOX_POLL_SECONDS = max(1, int(os.environ.get("MAILSYNC_INBOX_POLL_SEC
 # and how often beat looks for mail that is due or was left half-sent by a killed worker.
 MAILSYNC_UNDO_SEND_SECONDS = max(0, int(os.environ.get("MAILSYNC_UNDO_SEND_SECONDS", "10")))
 MAILSYNC_SEND_SWEEP_INTERVAL = max(5, int(os.environ.get("MAILSYNC_SEND_SWEEP_INTERVAL", "30")))
+# Open and click tracking (mailsync.sending.tracking): the address recipients reach the CRM at (the pixel and
+# the links of tracked mail point there, so it must be public); at most this many tracking hits per address
+# (IP) per window are recorded; a click this soon after delivery is a security scanner's.
+CRM_PUBLIC_URL = os.environ.get("CRM_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+MAILSYNC_TRACKING_RATE_LIMIT = max(1, int(os.environ.get("MAILSYNC_TRACKING_RATE_LIMIT", "60")))
+MAILSYNC_TRACKING_RATE_WINDOW = max(1, int(os.environ.get("MAILSYNC_TRACKING_RATE_WINDOW", "60")))
+MAILSYNC_TRACKING_SCANNER_SECONDS = max(0, int(os.environ.get("MAILSYNC_TRACKING_SCANNER_SECONDS", "20")))
 # Beat (DatabaseScheduler) copies this into the database at start; editable under "Periodic tasks".
 CELERY_BEAT_SCHEDULE = {
     "mailsync-enqueue-due-syncs": {

@@ -14,4 +14,5 @@ urlpatterns = [
     path("leads/", include("leads.urls")),
     path("projects/", include("projects.urls")),
     path("mail/", include("mailsync.urls")),
+    path("", include("mailsync.sending.tracking_urls")),
 ]

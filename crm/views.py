@@ -9,6 +9,7 @@ from contacts.models import Organization, Person
 from deals.models import Deal
 from deals.selectors import deal_list
 from leads.models import Lead
+from mailsync.sending.selectors import recent_tracking_activity
 from projects.models import Project
 
 
@@ -24,7 +25,8 @@ def home(request: HttpRequest) -> HttpResponse:
         "open_leads": Lead.objects.visible_to(user).filter(status=Lead.Status.OPEN).count(),
         "open_projects": Project.objects.visible_to(user).filter(status=Project.Status.OPEN).count(),
     }
-    return render(request, "crm/home.html", {"my_open_deals": my_open_deals, "counts": counts})
+    activity = recent_tracking_activity(user)
+    return render(request, "crm/home.html", {"my_open_deals": my_open_deals, "counts": counts, "activity": activity})
 
 
 @login_not_required

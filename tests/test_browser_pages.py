@@ -31,7 +31,13 @@ DESKTOP = {"width": 1400, "height": 900}
 AXE_VERSION = "4.14.1"
 AXE_FILE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 # Patterns whose arguments are one-time tokens sent by email: no page to visit without that email.
-TOKEN_ONLY = {"account_confirm_email", "account_reset_password_from_key", "mailsync:smart_bcc_confirm"}
+TOKEN_ONLY = {
+    "account_confirm_email",
+    "account_reset_password_from_key",
+    "mailsync:smart_bcc_confirm",
+    "tracking_open",  # the pixel and the links of tracked mail: signed, not pages
+    "tracking_click",
+}
 DEMO_PASSWORD = "demo-password-123"
 PNG_PIXEL = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
@@ -220,6 +226,8 @@ def _arguments(name: str, arguments: list[str], objects: dict) -> dict | None:
             values["account_pk"] = objects["account"].pk
         elif argument == "link_pk" and objects.get("link"):
             values["link_pk"] = objects["link"].pk
+        elif argument == "email_pk" and objects.get("person") and objects["person"].emails.exists():
+            values["email_pk"] = objects["person"].emails.first().pk
         elif argument == "kind":
             values["kind"] = "deal"
         elif argument == "provider":

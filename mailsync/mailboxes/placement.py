@@ -10,7 +10,8 @@ Placement of one message (EmailMessage.mailbox), the first rule that applies (`p
 7. copies only in Junk / Drafts                                            -> other (not listed)
 8. no copy on the server (imported from files)                             -> sent if the user sent it, else inbox
 and a received bulk message (List-Id, List-Unsubscribe, Precedence: bulk) placed in the inbox by 3 or 8
-is in Bulk instead (rule 1 still wins: "Move to Inbox" keeps it in the inbox).
+is in Bulk instead, and a delivery failure report (bounce) in Delivery reports (rule 1 still wins: "Move to
+Inbox" keeps either in the inbox).
 So the CRM's own decisions win over the server's folders (they also hold before the next sync has seen
 a server-side move), and everything else follows the mail account.
 
@@ -56,15 +57,26 @@ REBUILD_CHUNK = 2_000
 SENT = EmailMessage.Direction.SENT
 
 
-def place(*, restored_to_inbox: bool, is_archived: bool, direction: str, roles: set[str], is_bulk: bool = False) -> str:
+def place(
+    *,
+    restored_to_inbox: bool,
+    is_archived: bool,
+    direction: str,
+    roles: set[str],
+    is_bulk: bool = False,
+    is_report: bool = False,
+) -> str:
     """The mailbox of a message from its CRM state and the roles of the folders holding its copies; a
-    received bulk message (newsletter, list mail) that would be in the Inbox is in Bulk instead, unless
-    the user moved it back to the Inbox."""
+    received delivery report (bounce) that would be in the Inbox is in Delivery reports instead, a bulk
+    message (newsletter, list mail) in Bulk, unless the user moved it back to the Inbox."""
     placed = _place_by_folders(
         restored_to_inbox=restored_to_inbox, is_archived=is_archived, direction=direction, roles=roles
     )
-    if placed == Mailbox.INBOX and is_bulk and not restored_to_inbox and direction != SENT:
-        return Mailbox.BULK
+    if placed == Mailbox.INBOX and not restored_to_inbox and direction != SENT:
+        if is_report:
+            return Mailbox.REPORTS
+        if is_bulk:
+            return Mailbox.BULK
     return placed
 
 
@@ -180,7 +192,7 @@ def _place(message_ids: list[int]) -> set[int]:
         return set()
     messages: dict[int, tuple] = {}
     roles: dict[int, set[str]] = defaultdict(set)
-    for pk, thread_id, mailbox, restored, archived, direction, bulk, role in EmailMessage.objects.filter(
+    for pk, thread_id, mailbox, restored, archived, direction, bulk, report, role in EmailMessage.objects.filter(
         pk__in=message_ids
     ).values_list(
         "pk",
@@ -190,15 +202,21 @@ def _place(message_ids: list[int]) -> set[int]:
         "is_archived",
         "direction",
         "is_bulk",
+        "is_delivery_report",
         "locations__folder__role",
     ):
-        messages[pk] = (thread_id, mailbox, restored, archived, direction, bulk)
+        messages[pk] = (thread_id, mailbox, restored, archived, direction, bulk, report)
         if role is not None:
             roles[pk].add(role)
     moves: dict[str, list[int]] = defaultdict(list)
-    for pk, (_thread_id, current, restored, archived, direction, bulk) in messages.items():
+    for pk, (_thread_id, current, restored, archived, direction, bulk, report) in messages.items():
         placed = place(
-            restored_to_inbox=restored, is_archived=archived, direction=direction, roles=roles[pk], is_bulk=bulk
+            restored_to_inbox=restored,
+            is_archived=archived,
+            direction=direction,
+            roles=roles[pk],
+            is_bulk=bulk,
+            is_report=report,
         )
         if placed != current:
             moves[placed].append(pk)

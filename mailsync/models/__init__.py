@@ -13,17 +13,19 @@ mailsync/migrations), one module per aggregate, every model re-exported here by 
 MessageParticipant, Attachment, ThreadReference), `mailboxes` (MailboxEntry, MailboxSearchDocument),
 `linking` (ThreadLink, BlockedAddress), `preferences` (MailSettings), `outbox` (PendingServerAction),
 `outgoing` (OutgoingMessage, OutgoingAttachment: drafts and mail on its way out),
-`smart_bcc` (SmartBcc*), `templates` (EmailTemplate, Signature, SignatureImage), `certificates`
-(TrustedCertificate), `watching` (SyncWatcher, WatcherLease: which IDLE watcher holds which account;
-ConnectionSlot); beside them `crypto` (credentials at rest behind EmailAccount.set_secret / get_secret)
-and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets only: writes
-live in the services of the packages above.
+`delivery` (DeliveryFailure: what bounce reports say about sent mail), `tracking` (TrackedLink,
+TrackingEvent), `smart_bcc` (SmartBcc*), `templates` (EmailTemplate, Signature, SignatureImage),
+`certificates` (TrustedCertificate), `watching` (SyncWatcher, WatcherLease: which IDLE watcher holds
+which account; ConnectionSlot); beside them `crypto` (credentials at rest behind EmailAccount.set_secret
+/ get_secret) and `filenames` (how an attachment's name may be shown). Fields, constraints and QuerySets
+only: writes live in the services of the packages above.
 May import: `protocols` (the classified error of unreadable credentials), Django and the CRM's models.
 Nothing else of mail sync.
 """
 
 from .accounts import AccountAddress, AuthKind, EmailAccount, MailFolder, Security
 from .certificates import TrustedCertificate
+from .delivery import DeliveryFailure
 from .linking import BlockedAddress, ThreadLink
 from .mail import Attachment, EmailMessage, EmailThread, Mailbox, MessageLocation, MessageParticipant, ThreadReference
 from .mailboxes import MailboxEntry, MailboxSearchDocument
@@ -32,6 +34,7 @@ from .outgoing import OutgoingAttachment, OutgoingMessage
 from .preferences import MailSettings
 from .smart_bcc import SmartBccAddress, SmartBccDelivery, SmartBccSender
 from .templates import EmailTemplate, Signature, SignatureImage
+from .tracking import TrackedLink, TrackingEvent
 from .watching import ConnectionSlot, SyncWatcher, WatcherLease
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "AuthKind",
     "BlockedAddress",
     "ConnectionSlot",
+    "DeliveryFailure",
     "EmailAccount",
     "EmailMessage",
     "EmailTemplate",
@@ -63,6 +67,8 @@ __all__ = [
     "SyncWatcher",
     "ThreadLink",
     "ThreadReference",
+    "TrackedLink",
+    "TrackingEvent",
     "TrustedCertificate",
     "WatcherLease",
 ]

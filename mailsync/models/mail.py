@@ -41,6 +41,7 @@ class EmailThread(models.Model):
 
 class Mailbox(models.TextChoices):
     """The lists of the mail workspace. "bulk": newsletters and list mail that would be in the Inbox;
+    "reports": delivery failure reports (bounces) that would be in the Inbox;
     "other": only in Junk / Drafts; "": not placed yet."""
 
     INBOX = "inbox", "Inbox"
@@ -48,6 +49,7 @@ class Mailbox(models.TextChoices):
     ARCHIVE = "archive", "Archive"
     TRASH = "trash", "Trash"
     BULK = "bulk", "Bulk"
+    REPORTS = "reports", "Delivery reports"
     OTHER = "other", "Other"
 
 
@@ -83,6 +85,8 @@ class EmailMessage(models.Model):
     is_draft = models.BooleanField(default=False)
     # Newsletters and list mail (List-Id, List-Unsubscribe, Precedence: bulk): listed in Bulk, not the Inbox.
     is_bulk = models.BooleanField(default=False, db_default=False)
+    # A delivery failure report (bounce): listed in Delivery reports, not the Inbox (DeliveryFailure rows).
+    is_delivery_report = models.BooleanField(default=False, db_default=False)
     # Hidden by the owner's blocked addresses (F1); recomputed when the block list changes.
     is_blocked = models.BooleanField(default=False)
     # Archived / deleted in the CRM (S5, S6, L6). Deleted messages disappear from every surface.

@@ -85,6 +85,11 @@ class OutgoingMessage(models.Model):
     # Recipients the server refused while it took the others: [{"address", "code", "reason"}].
     refused_recipients = models.JSONField(default=list, blank=True)
     sent_copy = models.CharField(max_length=10, choices=SentCopy.choices, blank=True, default="")
+    # Open and click tracking (W5), chosen in the composer (default: MailSettings.track_by_default). When on,
+    # queueing rewrites the links and adds the pixel (models.tracking). `sender_ip`: where the sender queued
+    # it from, so that their own opens from that address are told apart.
+    tracking = models.BooleanField(default=False)
+    sender_ip = models.GenericIPAddressField(null=True, blank=True)
     # The message as the CRM stores it once sent (the same identity the next sync finds).
     sent_message = models.ForeignKey(EmailMessage, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

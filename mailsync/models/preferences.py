@@ -26,6 +26,8 @@ class MailSettings(models.Model):
         default=False, help_text="Also archive / delete in my mail account (S5)"
     )
     email_link_preference = models.CharField(max_length=10, choices=LinkPreference.choices, default=LinkPreference.CRM)
+    # The composer's "Track opens and clicks" starts ticked (W5).
+    track_by_default = models.BooleanField("track opens and clicks of new messages", default=False)
     # The sender's smart fields beside the name and address of their login (W3).
     sender_job_title = models.CharField("your job title", max_length=150, blank=True)
     sender_phone = models.CharField("your phone", max_length=50, blank=True)

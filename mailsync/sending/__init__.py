@@ -11,7 +11,10 @@ Owns: drafts and the outgoing messages (models.outgoing), with
   folder, the Sent copy exactly once, the CRM's copy ingested at once);
 - `cleanup`: drafts nobody typed in (opened from a link and left) go after a day;
 - `tasks`: send_outgoing and the beat sweep send_due_mail.
-Later: templates, signatures, tracking and bounces.
+Delivery failures (bounces) are recognised and matched at ingestion (`sync.bounces`, `sync.delivery_reports`);
+`selectors.delivery_failures_of` reads them for the pages.
+- `tracking`: open and click tracking (links rewritten and the pixel added at queue time, signed URLs,
+  the people-or-machines classifier, summaries), `tracking_views` / `tracking_urls`: its endpoints.
 
 May import: `accounts` (provider presets: limits, an automatically filed Sent copy), `sync` (to ingest
 the Sent copy like any other message, the session lock), `linking`, `mailboxes`, `connection` (the

@@ -4,12 +4,24 @@ else's account. What others see of sent mail is the stored message, by the norma
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import Q, QuerySet
 
 from contacts.models import Person, PersonEmail
 from crm.models import User
 from mailsync.linking import access
-from mailsync.models import EmailAccount, EmailMessage, MessageParticipant, OutgoingAttachment, OutgoingMessage
+from mailsync.models import (
+    DeliveryFailure,
+    EmailAccount,
+    EmailMessage,
+    MessageParticipant,
+    OutgoingAttachment,
+    OutgoingMessage,
+    TrackingEvent,
+)
+
+from . import tracking
 
 AUTOCOMPLETE_LIMIT = 8
 
@@ -103,3 +115,71 @@ def address_suggestions(user: User, query: str) -> list[tuple[str, str]]:
             if address.lower() not in own and len(found) < AUTOCOMPLETE_LIMIT:
                 found.setdefault(address, name)
     return [(name, address) for address, name in found.items()]
+
+
+def delivery_failures_of(message_ids: Iterable[int]) -> dict[int, list[DeliveryFailure]]:
+    """message pk -> what delivery reports say about it: the newest report per recipient (a delay notice
+    followed by the final bounce shows the bounce). One query.
+
+    The caller has already checked that the user may see these messages: the delivery outcome of a message
+    is seen by whoever may see its thread, never more. The report itself stays in its owner's mailbox
+    (Delivery reports): only the recipient, the outcome, the status and the server's diagnostic show here."""
+    ids = [int(pk) for pk in message_ids if pk]
+    if not ids:
+        return {}
+    result: dict[int, dict[str, DeliveryFailure]] = {}
+    for failure in DeliveryFailure.objects.filter(sent_message_id__in=ids).order_by("reported_at", "pk"):
+        result.setdefault(failure.sent_message_id, {})[failure.recipient] = failure
+    return {pk: sorted(by_recipient.values(), key=lambda f: f.recipient) for pk, by_recipient in result.items()}
+
+
+def tracking_of(message_ids: Iterable[int]) -> dict[int, tracking.TrackingSummary]:
+    """sent message pk -> what its tracking saw ("Opened 3 times (1 likely by a person), clicked 'pricing'"),
+    for the messages sent from the CRM with tracking on. Two queries.
+
+    The caller has already checked that the user may see these messages: tracking data of a message is
+    seen by whoever may see its thread, never more."""
+    ids = [int(pk) for pk in message_ids if pk]
+    if not ids:
+        return {}
+    tracked = dict(
+        OutgoingMessage.objects.filter(sent_message_id__in=ids, tracking=True).values_list("pk", "sent_message_id")
+    )
+    if not tracked:
+        return {}
+    events: dict[int, list[TrackingEvent]] = {pk: [] for pk in tracked}
+    for event in TrackingEvent.objects.filter(outgoing_id__in=list(tracked)).select_related("link"):
+        events[event.outgoing_id].append(event)
+    return {tracked[pk]: tracking.summarize(items) for pk, items in events.items()}
+
+
+def recent_tracking_activity(user: User, *, limit: int = 8) -> list[TrackingEvent]:
+    """The newest opens and clicks likely by a person of the user's own tracked mail (the dashboard's
+    "activity"): only the sender sees them here."""
+    if not user.is_authenticated:
+        return []
+    return list(
+        TrackingEvent.objects.filter(outgoing__owner=user, verdict=TrackingEvent.Verdict.PERSON)
+        .select_related("outgoing", "outgoing__sent_message", "link")
+        .order_by("-occurred_at", "-pk")[:limit]
+    )
+
+
+def tracking_of_threads(thread_ids: Iterable[int]) -> dict[int, tracking.TrackingSummary]:
+    """thread pk -> what tracking saw of the tracked mail sent in it (all its tracked messages together), for
+    a record's timeline. Two queries for the whole page. The caller has checked that the user may see the
+    threads (the timeline only lists visible ones)."""
+    ids = [int(pk) for pk in thread_ids if pk]
+    if not ids:
+        return {}
+    thread_of = dict(
+        OutgoingMessage.objects.filter(sent_message__thread_id__in=ids, tracking=True).values_list(
+            "pk", "sent_message__thread_id"
+        )
+    )
+    if not thread_of:
+        return {}
+    events: dict[int, list[TrackingEvent]] = {thread_id: [] for thread_id in thread_of.values()}
+    for event in TrackingEvent.objects.filter(outgoing_id__in=list(thread_of)).select_related("link"):
+        events[thread_of[event.outgoing_id]].append(event)
+    return {thread_id: tracking.summarize(items) for thread_id, items in events.items()}

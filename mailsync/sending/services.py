@@ -22,10 +22,17 @@ from django.utils.formats import date_format
 from crm.models import User
 from mailsync.accounts.providers import get_preset
 from mailsync.linking.rules import target_field_for
-from mailsync.models import EmailAccount, EmailMessage, MessageParticipant, OutgoingAttachment, OutgoingMessage
+from mailsync.models import (
+    EmailAccount,
+    EmailMessage,
+    MailSettings,
+    MessageParticipant,
+    OutgoingAttachment,
+    OutgoingMessage,
+)
 from mailsync.sync.ingest import own_addresses_for
 
-from . import mime, smart_fields, tasks, template_selectors, template_services
+from . import mime, smart_fields, tasks, template_selectors, template_services, tracking
 from .addresses import AddressError, Recipient, format_recipients, parse_recipients
 from .selectors import sendable_accounts
 
@@ -123,6 +130,7 @@ def create_draft(
     `source` (a message the caller checked the user may see) with the original quoted."""
     account = _default_account(user, source)
     outgoing = OutgoingMessage(owner=user, account=account, kind=kind, **_record_fields(record))
+    outgoing.tracking = MailSettings.objects.filter(user=user, track_by_default=True).exists()
     if source is not None and kind in (Kind.REPLY, Kind.REPLY_ALL, Kind.FORWARD):
         outgoing.source_message = source
         outgoing.quote_header, outgoing.quoted_html = _quote_of(source, kind)
@@ -178,9 +186,10 @@ def save_draft(
     bcc: str,
     subject: str,
     body_html: str,
+    tracking: bool | None = None,
 ) -> OutgoingMessage:
     """Store what the user typed (autosave). Addresses are kept as typed; they are checked when sent.
-    The body is sanitised on every save."""
+    The body is sanitised on every save. `tracking`: open and click tracking on or off (None: unchanged)."""
     locked = _editable(outgoing)
     if account is not None:
         if account.user_id != locked.owner_id or account.state == EmailAccount.State.REMOVED:
@@ -189,6 +198,8 @@ def save_draft(
     locked.to_addresses, locked.cc_addresses, locked.bcc_addresses = to[:10000], cc[:10000], bcc[:10000]
     locked.subject = mime.clean_header_text(subject)[:998]
     locked.body_html = mime.sanitize_body(body_html)
+    if tracking is not None:
+        locked.tracking = tracking
     locked.edited = True
     locked.save()
     return locked
@@ -377,11 +388,15 @@ def undo_seconds() -> int:
 
 
 @transaction.atomic
-def queue_message(*, outgoing: OutgoingMessage, send_at: datetime | None = None) -> OutgoingMessage:
+def queue_message(
+    *, outgoing: OutgoingMessage, send_at: datetime | None = None, sender_ip: str | None = None
+) -> OutgoingMessage:
     """Check the draft (recipients, limits, account), fix its Message-ID and MIME bytes, and queue it
     for `send_at` (default: now plus the undo window). Bad input raises ValidationError; nothing is lost:
-    the draft stays a draft."""
+    the draft stays a draft. With tracking on, the links and the pixel are part of those bytes
+    (tracking.apply_tracking); `sender_ip`: where the sender sent it from (their own opens from there)."""
     locked = _editable(outgoing)
+    locked.sender_ip = sender_ip
     _check_account(locked)
     to, cc, bcc = _recipients(locked)
     _fill_smart_fields(locked, [recipient.address for recipient in [*to, *cc]])
@@ -393,6 +408,8 @@ def queue_message(*, outgoing: OutgoingMessage, send_at: datetime | None = None)
     locked.send_later = send_at is not None
     locked.send_at = send_at or now + timedelta(seconds=undo_seconds())
     locked.message_id = mime.new_message_id(locked.account.email_address)
+    if locked.tracking:
+        draft = tracking.apply_tracking(outgoing=locked, draft=draft)
     locked.mime = mime.build(draft, message_id=locked.message_id, now=now)
     locked.envelope_recipients = [recipient.address for recipient in [*to, *cc, *bcc]]
     locked.state = State.QUEUED

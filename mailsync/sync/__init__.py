@@ -10,6 +10,12 @@ Owns:
   identity, upserts, attachments, locations, then list placement and the follow-up work;
 - `threads`: conversation threading (references, provider thread ids, subjects);
 - `parsing`: raw RFC 5322 bytes -> ParsedEmail, pure Python (no Django), safe on hostile input;
+- `bounces`: is a message a delivery failure report, for which recipients, how final, about which
+  message (pure, run by parsing in the parse workers; a contract keeps it free of Django);
+- `delivery_reports`: at ingestion, a report's failures -> DeliveryFailure rows matched to the owner's
+  sent message (also when the sent copy comes later), the person's address marked as bouncing. It lives
+  here, not in `sending`, because ingestion must do it and sync never imports sending; what sending shows
+  of it is a read (`sending.selectors.delivery_failures_of`);
 - `watcher`: the IDLE watcher (`manage.py sync_mail`): its share of the accounts held in IDLE in one
   loop; a change enqueues a sync within a second (it never syncs itself);
 - `leases`: which watcher watches which account (database leases, heartbeat, takeover, fair share);

@@ -70,6 +70,7 @@ from mailsync.models import (
 )
 
 from . import parse_worker
+from .delivery_reports import record_delivery_reports
 from .parsing import SENT, ParsedEmail, parse_many, parse_message
 from .threads import assign_threads, insert_rows, refresh_thread_stats
 
@@ -459,6 +460,7 @@ def _write_batch(
         message_pks = match.message_pks()
         new_parsed = [parsed[p] for p in new_positions]
         _insert_children(created_ids, new_parsed, files)
+        record_delivery_reports(account.user_id, list(zip(created_ids, new_parsed, strict=True)))
         if match.backfill:
             EmailMessage.objects.bulk_update(
                 [EmailMessage(pk=pk, content_hash=value) for pk, value in match.backfill.items()], ["content_hash"]
@@ -671,6 +673,7 @@ MESSAGE_COLUMNS = (
     "created_at",
     "mailbox",
     "is_bulk",
+    "is_delivery_report",
 )
 
 
@@ -691,8 +694,14 @@ def _message_row(
     direction = EmailMessage.Direction.SENT.value if sent else EmailMessage.Direction.RECEIVED.value
     # Its list (Inbox, Sent, ...) from the start, so that refresh_mailboxes need not rewrite the row.
     roles = {folder.role} if folder is not None else set()
+    is_report = parsed.bounce is not None and not sent
     mailbox = place(
-        restored_to_inbox=False, is_archived=False, direction=direction, roles=roles, is_bulk=parsed.is_bulk
+        restored_to_inbox=False,
+        is_archived=False,
+        direction=direction,
+        roles=roles,
+        is_bulk=parsed.is_bulk,
+        is_report=is_report,
     )
     return (
         account.pk,
@@ -723,6 +732,7 @@ def _message_row(
         now,
         mailbox,
         parsed.is_bulk,
+        is_report,
     )
 
 

@@ -41,6 +41,8 @@ import nh3
 
 from crm.addresses import normalize_email
 
+from .bounces import BounceReport, may_be_bounce, read_bounce
+
 SENT = "sent"
 RECEIVED = "received"
 
@@ -99,6 +101,8 @@ class ParsedEmail:
     bounced_message_id: str = ""
     # Sent to a list or in bulk (newsletters, notifications): List-Id, List-Unsubscribe or Precedence.
     is_bulk: bool = False
+    # A delivery failure report: its failed recipients and the message that bounced (bounces.read_bounce).
+    bounce: BounceReport | None = None
 
     @property
     def from_name(self) -> str:
@@ -1168,6 +1172,7 @@ def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> P
     cc = _parse_addresses(headers.get("cc"), defects, "Cc")
     bcc = _parse_addresses(headers.get("bcc"), defects, "Bcc")
 
+    bounce = _bounce_report(msg, headers, raw)
     body = _BodyCollector(defects)
     body.collect(msg)
     msg = None  # drop the tree now: only the decoded bodies and payloads are kept from here on
@@ -1240,10 +1245,23 @@ def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> P
         content_hash=content_fingerprint(raw),
         parse_error=parse_error,
         defects=list(dict.fromkeys(defects)),
-        is_bounce=body.is_bounce,
-        bounced_message_id=body.bounced_message_id,
-        is_bulk=is_bulk_headers(headers),
+        is_bounce=body.is_bounce or bounce is not None,
+        bounced_message_id=body.bounced_message_id or (bounce.original_message_id if bounce else ""),
+        is_bulk=is_bulk_headers(headers) and bounce is None,
+        bounce=bounce,
     )
+
+
+def _bounce_report(msg, headers: dict[str, list[str]], raw: bytes) -> BounceReport | None:
+    """The delivery failure report this message is, if it is one. Ordinary mail costs a look at its headers;
+    a candidate is read again, fully, with the stdlib (rare). A failure here never costs the message."""
+    try:
+        report_type = str(_safe(lambda: msg.get_param("report-type")) or "")
+        if may_be_bounce(headers, msg.get_content_type(), report_type, raw):
+            return read_bounce(raw)
+    except Exception:  # the message is stored as it is, only not recognised as a report
+        return None
+    return None
 
 
 def _raw_key(raw: bytes) -> str:

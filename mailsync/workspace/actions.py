@@ -54,6 +54,8 @@ DONE = {
 ACTIONS_BY_MAILBOX = {
     Mailbox.INBOX: (READ, UNREAD, ARCHIVE, DELETE),
     Mailbox.BULK: (READ, UNREAD, ARCHIVE, MOVE_TO_INBOX, DELETE),
+    # Delivery reports are evidence of what happened to sent mail: moved or archived, never deleted from here.
+    Mailbox.REPORTS: (READ, UNREAD, ARCHIVE, MOVE_TO_INBOX),
     Mailbox.SENT: (READ, UNREAD, DELETE),
     Mailbox.ARCHIVE: (READ, UNREAD, MOVE_TO_INBOX, DELETE),
     Mailbox.TRASH: (READ, UNREAD, MOVE_TO_INBOX, DELETE),

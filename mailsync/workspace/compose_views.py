@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET, require_POST
 from crm.params import parse_id
 from mailsync.linking.rules import reference_of, visible_record
 from mailsync.models import EmailMessage, OutgoingAttachment, OutgoingMessage
-from mailsync.sending import mime, selectors, services, smart_fields, template_services
+from mailsync.sending import mime, selectors, services, smart_fields, template_services, tracking_views
 from mailsync.sending.addresses import AddressError, parse_recipients
 
 from . import display
@@ -152,6 +152,7 @@ def _save(request: HttpRequest, outgoing: OutgoingMessage) -> OutgoingMessage:
         bcc=request.POST.get("bcc", ""),
         subject=request.POST.get("subject", ""),
         body_html=_to_cid(outgoing, request.POST.get("body_html", "")),
+        tracking=request.POST.get("tracking") == "1",
     )
 
 
@@ -185,7 +186,9 @@ def compose_send(request: HttpRequest, pk: int) -> HttpResponse:
     outgoing = _outgoing(request, pk)
     try:
         outgoing = _save(request, outgoing)
-        outgoing = services.queue_message(outgoing=outgoing, send_at=_send_at(request))
+        outgoing = services.queue_message(
+            outgoing=outgoing, send_at=_send_at(request), sender_ip=tracking_views.client_ip(request) or None
+        )
     except ValidationError as error:
         errors = error.message_dict if hasattr(error, "error_dict") else {"general": error.messages}
         outgoing.refresh_from_db()
@@ -341,7 +344,12 @@ def outgoing_detail(request: HttpRequest, pk: int) -> HttpResponse:
     outgoing = _outgoing(request, pk)
     if outgoing.state == OutgoingMessage.State.DRAFT:
         return redirect("mailsync:compose", pk=outgoing.pk)
-    context = {"outgoing": outgoing, "now": timezone.now()}
+    failures = selectors.delivery_failures_of([outgoing.sent_message_id]) if outgoing.sent_message_id else {}
+    context = {
+        "outgoing": outgoing,
+        "now": timezone.now(),
+        "delivery_failures": failures.get(outgoing.sent_message_id, []),
+    }
     template = "mailsync/compose/_status.html" if request.GET.get("fragment") else "mailsync/compose/outgoing.html"
     return _no_store(render(request, template, context))
 

@@ -134,8 +134,12 @@ def _thread_context(user, thread: EmailThread, *, images_shown: set[int] | None 
             message__in=[message.pk for message in thread_messages], status=SmartBccDelivery.Status.FILED
         ).values_list("message_id", flat=True)
     )
+    failures = sending_selectors.delivery_failures_of([message.pk for message in thread_messages])
+    tracked = sending_selectors.tracking_of([message.pk for message in thread_messages])
     for message in thread_messages:
         message.via_smart_bcc = message.pk in via_smart_bcc
+        message.delivery_failures = failures.get(message.pk, [])
+        message.tracking_summary = tracked.get(message.pk)
         # A reply's own subject is worth a line only when it says something new (not just "Re: ...").
         message.subject_differs = bool(message.subject) and normalize_subject(message.subject) != thread_subject
         by_role = defaultdict(list)

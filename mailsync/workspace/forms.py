@@ -205,6 +205,7 @@ class MailPreferencesForm(PlainLabels, forms.Form):
     linking_mode = forms.ChoiceField(widget=forms.RadioSelect)
     default_visibility = forms.ChoiceField(widget=forms.RadioSelect)
     email_link_preference = forms.ChoiceField(widget=forms.RadioSelect)
+    track_by_default = forms.BooleanField(required=False, label="Track opens and clicks of new messages")
 
     def __init__(self, *args, **kwargs):
         from mailsync.models import EmailThread, MailSettings

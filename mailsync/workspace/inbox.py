@@ -41,6 +41,7 @@ from mailsync.models import (
     MessageParticipant,
     ThreadLink,
 )
+from mailsync.sending.selectors import delivery_failures_of, tracking_of
 
 from .conversation_services import from_existing_contact
 
@@ -49,6 +50,7 @@ MAILBOXES = {
     Mailbox.INBOX: "Inbox",
     Mailbox.BULK: "Bulk",
     Mailbox.SENT: "Sent",
+    Mailbox.REPORTS: "Delivery reports",
     Mailbox.ARCHIVE: "Archive",
     Mailbox.TRASH: "Trash",
 }
@@ -96,6 +98,9 @@ class ThreadRow:
     entry: MailboxEntry
     correspondents: list[str]
     links: list = field(default_factory=list)
+    # Sent: what delivery reports say about the latest message (DeliveryFailure rows), and its tracking.
+    delivery_failures: list = field(default_factory=list)
+    tracking: object = None
 
     @property
     def thread(self) -> EmailThread:
@@ -350,9 +355,16 @@ def inbox_page(
     else:
         correspondents = _senders(thread_ids)
     links = _links(user, thread_ids)
+    latest_ids = [entry.latest_message_id for entry in page_entries]
+    failures = delivery_failures_of(latest_ids) if mailbox == Mailbox.SENT else {}
+    tracked = tracking_of(latest_ids) if mailbox == Mailbox.SENT else {}
     rows = [
         ThreadRow(
-            entry=entry, correspondents=correspondents.get(entry.thread_id, []), links=links.get(entry.thread_id, [])
+            entry=entry,
+            correspondents=correspondents.get(entry.thread_id, []),
+            links=links.get(entry.thread_id, []),
+            delivery_failures=failures.get(entry.latest_message_id, []),
+            tracking=tracked.get(entry.latest_message_id),
         )
         for entry in page_entries
     ]

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.inbox, name="inbox"),
     path("bulk/", views.bulk, name="bulk"),
     path("sent/", views.sent, name="sent"),
+    path("reports/", views.delivery_reports, name="delivery_reports"),
     path("archive/", views.archive, name="archive"),
     path("trash/", views.trash, name="trash"),
     path("actions/", views.bulk_action, name="inbox_action"),

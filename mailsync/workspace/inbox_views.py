@@ -34,11 +34,12 @@ MAX_QUERY_LENGTH = 200
 # `in` for the list and `page`), so the thread page shows the same list beside it and steps through it.
 LIST_PARAMS = ("q", "unread", "account", "folder", "linked", "contact")
 # Where a conversation opened from outside the lists is read: the first of these that holds it.
-READING_ORDER = (Mailbox.INBOX, Mailbox.BULK, Mailbox.ARCHIVE, Mailbox.SENT, Mailbox.TRASH)
+READING_ORDER = (Mailbox.INBOX, Mailbox.BULK, Mailbox.ARCHIVE, Mailbox.SENT, Mailbox.REPORTS, Mailbox.TRASH)
 URL_NAMES = {
     Mailbox.INBOX: "mailsync:inbox",
     Mailbox.BULK: "mailsync:bulk",
     Mailbox.SENT: "mailsync:sent",
+    Mailbox.REPORTS: "mailsync:delivery_reports",
     Mailbox.ARCHIVE: "mailsync:archive",
     Mailbox.TRASH: "mailsync:trash",
 }
@@ -265,6 +266,12 @@ def bulk(request: HttpRequest) -> HttpResponse:
 @require_GET
 def sent(request: HttpRequest) -> HttpResponse:
     return _mailbox_page(request, Mailbox.SENT)
+
+
+@require_GET
+def delivery_reports(request: HttpRequest) -> HttpResponse:
+    """Bounce reports (delivery failures, delays), out of the Inbox; what they say shows on the sent mail."""
+    return _mailbox_page(request, Mailbox.REPORTS)
 
 
 @require_GET

@@ -80,7 +80,12 @@ def sync_now(*, account: EmailAccount) -> None:
 
 @transaction.atomic
 def update_mail_settings(
-    *, user: User, linking_mode: str, default_visibility: str, email_link_preference: str
+    *,
+    user: User,
+    linking_mode: str,
+    default_visibility: str,
+    email_link_preference: str,
+    track_by_default: bool = False,
 ) -> MailSettings:
     """The user's mail preferences. A new default sharing applies to mail synced from now on; existing
     conversations keep their own visibility (P2)."""
@@ -92,5 +97,6 @@ def update_mail_settings(
     mail_settings = MailSettings.objects.select_for_update().get(user=user)
     mail_settings.linking_mode = linking_mode
     mail_settings.email_link_preference = email_link_preference
-    mail_settings.save(update_fields=["linking_mode", "email_link_preference"])
+    mail_settings.track_by_default = track_by_default
+    mail_settings.save(update_fields=["linking_mode", "email_link_preference", "track_by_default"])
     return mail_settings

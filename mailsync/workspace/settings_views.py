@@ -118,6 +118,7 @@ def _preferences_form(user) -> MailPreferencesForm:
             "linking_mode": mail_settings.linking_mode,
             "default_visibility": mail_settings.default_visibility,
             "email_link_preference": mail_settings.email_link_preference,
+            "track_by_default": mail_settings.track_by_default,
         }
     )
 
