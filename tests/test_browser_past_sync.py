@@ -12,7 +12,7 @@ import pytest
 
 from conftest import browser_login
 from mailsync.models import EmailAccount
-from mailsync.sync import engine
+from mailsync.sync import engine, tasks
 from tests.test_sync import deliver, live, make_account
 
 pytestmark = [pytest.mark.browser, pytest.mark.dovecot, pytest.mark.django_db(transaction=True)]
@@ -33,7 +33,10 @@ def celery_worker_thread(transactional_db):
     app.conf.update(task_always_eager=False, broker_url="memory://", broker_transport_options={})
     _forget_broker_connections(app)
     try:
-        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
+        # Every queue, as `make run`'s worker and the production workers consume them (a past-email sync
+        # goes to "sync-bulk").
+        queues = ["celery", tasks.SYNC_QUEUE, tasks.BULK_QUEUE]
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60, queues=queues):
             yield app
     finally:
         app.conf.update(saved)
