@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from crm.models import Visibility
 from crm.params import parse_id
+from crm.records import is_partial_request
 from mailsync.linking.rules import visible_record
 
 from . import smart_fields, template_selectors, template_services
@@ -59,11 +60,6 @@ def _error_text(error: ValidationError) -> str:
     return " ".join(error.messages)
 
 
-def _is_partial(request: HttpRequest) -> bool:
-    htmx = getattr(request, "htmx", None)
-    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
-
-
 # -- templates
 
 
@@ -79,7 +75,7 @@ def template_list(request: HttpRequest) -> HttpResponse:
             initial={"job_title": details.sender_job_title, "phone": details.sender_phone}
         ),
     }
-    if _is_partial(request):
+    if is_partial_request(request):
         return render(request, "mailsync/email_templates/_template_rows.html", context)
     return render(request, "mailsync/email_templates/list.html", context)
 

@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from crm.records import is_partial_request
 from mailsync.accounts import certificates, health, providers, selectors, services
 from mailsync.connection import config as connection_config
 from mailsync.models import AuthKind, BlockedAddress, EmailAccount, TrustedCertificate, crypto
@@ -37,12 +38,6 @@ from .forms import (
 
 OAUTH_SESSION_KEY = "mailsync_oauth"
 State = EmailAccount.State
-
-
-def _is_partial(request: HttpRequest) -> bool:
-    """A non-boosted htmx request wants only the fragment it swaps in."""
-    htmx = getattr(request, "htmx", None)
-    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
 
 
 def _oauth_status() -> list[dict]:
@@ -150,7 +145,7 @@ def _any_syncing(accounts: list[EmailAccount]) -> bool:
 @require_GET
 def settings_page(request: HttpRequest) -> HttpResponse:
     context = _settings_context(request)
-    if _is_partial(request):
+    if is_partial_request(request):
         return render(request, "mailsync/accounts/_account_list.html", context)
     return render(request, "mailsync/accounts/settings.html", context)
 
@@ -159,7 +154,7 @@ def settings_page(request: HttpRequest) -> HttpResponse:
 def account_list_status(request: HttpRequest) -> HttpResponse:
     """The account list alone (one state per account), polled by htmx every few seconds while an account
     syncs; a plain GET goes to the settings page."""
-    if not _is_partial(request):
+    if not is_partial_request(request):
         return redirect("mailsync:settings")
     now = timezone.now()
     accounts = [_decorate(account, now) for account in selectors.accounts_for_user(request.user)]
@@ -171,7 +166,7 @@ def account_list_status(request: HttpRequest) -> HttpResponse:
 def _action_done(request: HttpRequest, account: EmailAccount, notice: str, *, failed: bool = False) -> HttpResponse:
     """After an action: the account's row for htmx (with the notice in it), else a message and back to the
     settings page (POST-redirect-GET)."""
-    if _is_partial(request):
+    if is_partial_request(request):
         refreshed = selectors.with_counts(EmailAccount.objects.filter(pk=account.pk)).first()
         if refreshed is None or refreshed.state == State.REMOVED:
             return HttpResponse("")
@@ -185,7 +180,7 @@ def _settings_section(
     request: HttpRequest, *, partial: str, context: dict, anchor: str, notice: str = "", failed: bool = False
 ) -> HttpResponse:
     """After a settings form: its section for htmx; else a message and back to that section of the page."""
-    if _is_partial(request):
+    if is_partial_request(request):
         return render(request, partial, {**context, "notice": notice, "notice_failed": failed})
     if notice:
         messages.add_message(request, messages.ERROR if failed else messages.SUCCESS, notice)
@@ -223,7 +218,7 @@ def account_folders(request: HttpRequest, pk: int) -> HttpResponse:
                 anchor=anchor,
                 notice=notice,
             )
-    if _is_partial(request):
+    if is_partial_request(request):
         return render(request, "mailsync/accounts/_folders.html", {"account": _decorate(account, folder_form=form)})
     context = _settings_context(request, forms_of={account.pk: {"folder_form": form}})
     return render(request, "mailsync/accounts/settings.html", context)
@@ -259,7 +254,7 @@ def past_sync_start(request: HttpRequest, pk: int) -> HttpResponse:
                 anchor=anchor,
                 notice=f"Syncing the past {period} of {account.email_address}.",
             )
-    if _is_partial(request):
+    if is_partial_request(request):
         return render(
             request, "mailsync/accounts/_past_sync.html", {"account": _decorate(account, past_sync_form=form)}
         )
@@ -271,7 +266,7 @@ def past_sync_start(request: HttpRequest, pk: int) -> HttpResponse:
 def past_sync_progress_view(request: HttpRequest, pk: int) -> HttpResponse:
     """The "Sync past emails" section, polled by htmx while the sync runs. A plain GET goes to the page."""
     account = selectors.get_account_for_user(request.user, pk)
-    if not _is_partial(request):
+    if not is_partial_request(request):
         return redirect(f"{reverse('mailsync:settings')}#past-sync-{account.pk}")
     return render(request, "mailsync/accounts/_past_sync.html", {"account": _decorate(account)})
 
@@ -303,7 +298,7 @@ def mail_preferences(request: HttpRequest) -> HttpResponse:
                 anchor="mail-preferences",
                 notice="Preferences saved. Conversations you already have keep their sharing.",
             )
-    if _is_partial(request):
+    if is_partial_request(request):
         return render(request, "mailsync/accounts/_preferences.html", {"preferences_form": form})
     return render(request, "mailsync/accounts/settings.html", _settings_context(request, preferences_form=form))
 
@@ -458,7 +453,7 @@ def account_add(request: HttpRequest) -> HttpResponse:
 def provider_hint(request: HttpRequest) -> HttpResponse:
     """What we know about the typed address's provider (htmx, while typing). Plain GET -> the add page."""
     address = request.GET.get("email_address", "").strip().lower()
-    if not _is_partial(request):
+    if not is_partial_request(request):
         return redirect(f"{reverse('mailsync:account_add')}?email_address={address}")
     return render(request, "mailsync/accounts/_provider_hint.html", _hint_context(address))
 
