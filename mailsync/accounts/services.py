@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
 from crm.models import User
+from crm.ratelimit import count_in_window
 from mailsync.connection.config import (
     AccountSettings,
     check_account,
@@ -71,13 +70,7 @@ def count_connection_test(*, user: User) -> None:
     seconds. Counted in the cache (shared by every web process when DJANGO_CACHE_URL is set), so the form
     cannot be used to scan servers at speed."""
     window = max(1, settings.MAILSYNC_CONNECTION_TEST_WINDOW)
-    key = f"mailsync:connection-tests:{user.pk}:{int(time.time() // window)}"
-    cache.add(key, 0, timeout=window)
-    try:
-        count = cache.incr(key)
-    except ValueError:  # expired between add() and incr()
-        cache.set(key, 1, timeout=window)
-        count = 1
+    count = count_in_window(f"mailsync:connection-tests:{user.pk}", window=window)
     if count > settings.MAILSYNC_CONNECTION_TEST_LIMIT:
         raise errors.TooManyConnectionTests(
             f"Too many connection tests: at most {settings.MAILSYNC_CONNECTION_TEST_LIMIT} every "

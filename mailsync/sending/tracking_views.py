@@ -7,15 +7,14 @@ recorded). An outsider learns nothing: a valid URL answers a GIF or the link's d
 from __future__ import annotations
 
 import base64
-import time
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, HttpResponseRedirect
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from crm.ratelimit import count_in_window
 from mailsync.models import OutgoingMessage, TrackedLink, TrackingEvent
 
 from .tracking import Hit, MessageFacts, record_hit, token_is_valid
@@ -44,15 +43,7 @@ def client_ip(request: HttpRequest) -> str:
 
 
 def _within_rate_limit(ip: str) -> bool:
-    window = settings.MAILSYNC_TRACKING_RATE_WINDOW
-    key = f"mailsync:tracking:{ip}:{int(time.time() // window)}"
-    if cache.add(key, 1, timeout=window):
-        return True
-    try:
-        count = cache.incr(key)
-    except ValueError:  # expired between add() and incr()
-        cache.set(key, 1, timeout=window)
-        count = 1
+    count = count_in_window(f"mailsync:tracking:{ip}", window=settings.MAILSYNC_TRACKING_RATE_WINDOW)
     return count <= settings.MAILSYNC_TRACKING_RATE_LIMIT
 
 
