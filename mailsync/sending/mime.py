@@ -120,6 +120,11 @@ def thread_index(*, root_id: str, root_date: datetime, now: datetime, reply: boo
     return base64.b64encode(value).decode()
 
 
+def new_content_id() -> str:
+    """A fresh Content-ID (without <>) for an inline image of an outgoing message."""
+    return f"{secrets.token_hex(8)}@crm"
+
+
 def new_message_id(from_address: str) -> str:
     """A fresh Message-ID (without <>) in the sender's domain."""
     domain = from_address.rpartition("@")[2].encode("idna").decode() or "localhost"
@@ -161,21 +166,21 @@ def _address(recipient: Recipient) -> Address:
     )
 
 
-def body_with_quote(draft: Draft) -> str:
+def body_with_quote(html: str, *, quoted_html: str = "", quote_header: str = "") -> str:
     """The HTML body as sent: what was written, then the quoted original of a reply or forward."""
-    body = draft.html or ""
-    if draft.quoted_html:
-        header = html_lib.escape(draft.quote_header)
+    body = html or ""
+    if quoted_html:
+        header = html_lib.escape(quote_header)
         body += (
             f'<br><div dir="auto">{header}</div>'
             f'<blockquote type="cite" dir="auto" style="margin:0 0 0 .8ex;border-left:1px solid #ccc;'
-            f'padding-left:1ex">{draft.quoted_html}</blockquote>'
+            f'padding-left:1ex">{quoted_html}</blockquote>'
         )
     return body
 
 
 def full_html(draft: Draft) -> str:
-    body = body_with_quote(draft)
+    body = body_with_quote(draft.html, quoted_html=draft.quoted_html, quote_header=draft.quote_header)
     return f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><div dir="auto">{body}</div></body></html>'
 
 

@@ -8,7 +8,6 @@ never both win. Delivery itself is `delivery.deliver`, run by the task `tasks.se
 from __future__ import annotations
 
 import html as html_lib
-import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -248,7 +247,7 @@ def add_attachment(*, outgoing: OutgoingMessage, upload: UploadedFile, inline: b
         content_type=content_type if "/" in content_type else "application/octet-stream",
         size=upload.size or 0,
         is_inline=inline,
-        content_id=f"{secrets.token_hex(8)}@crm" if inline else "",
+        content_id=mime.new_content_id() if inline else "",
         file=upload,
     )
 

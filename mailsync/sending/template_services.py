@@ -8,7 +8,6 @@ in, so what is stored is what the composer may insert.
 from __future__ import annotations
 
 import re
-import secrets
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile
@@ -27,7 +26,7 @@ from mailsync.models import (
 )
 
 from . import template_selectors
-from .mime import sanitize_body
+from .mime import new_content_id, sanitize_body
 
 MAX_TEMPLATES_PER_USER = 500
 MAX_SIGNATURES_PER_ACCOUNT = 20
@@ -224,7 +223,7 @@ def signature_block(*, outgoing: OutgoingMessage, signature: Signature | None) -
             content_type=image.content_type,
             size=len(data),
             is_inline=True,
-            content_id=f"{secrets.token_hex(8)}@crm",
+            content_id=new_content_id(),
             file=ContentFile(data, name=f"signature.{extension}"),
         )
         return f'src="cid:{part.content_id}"'

@@ -233,9 +233,11 @@ def compose_preview(request: HttpRequest, pk: int) -> HttpResponse:
         record=services.record_of(outgoing),
         account=outgoing.account,
     )
-    draft = services.build_draft(outgoing)
-    draft.html = _to_urls(outgoing, filled.body_html)
-    document = display.frame_document(mime.body_with_quote(draft))
+    # Only the text and the quote: the files are not read for a preview.
+    body = mime.body_with_quote(
+        _to_urls(outgoing, filled.body_html), quoted_html=outgoing.quoted_html, quote_header=outgoing.quote_header
+    )
+    document = display.frame_document(body)
     return _no_store(
         JsonResponse(
             {
