@@ -52,6 +52,7 @@ class Sources:
     project: Project | None = None
     account: EmailAccount | None = None
     signature: Signature | None = None
+    sender_settings: MailSettings | None = None  # the sender's job title and phone
 
 
 def _money(value: Decimal | None, currency: str) -> str:
@@ -67,10 +68,6 @@ def _full_name(person: Person | None) -> str:
 
 def _date(value) -> str:
     return value.strftime("%-d %B %Y") if value else ""
-
-
-def _sender_settings(sources: Sources) -> MailSettings | None:
-    return MailSettings.objects.filter(user=sources.sender).first()
 
 
 def _organization_domain(organization: Organization | None) -> str:
@@ -172,8 +169,8 @@ CATALOGUE: tuple[Group, ...] = (
                 "Email address",
                 lambda s: s.account.email_address if s.account else s.sender.email,
             ),
-            _f("sender", "job_title", "Job title", lambda s: getattr(_sender_settings(s), "sender_job_title", "")),
-            _f("sender", "phone", "Phone", lambda s: getattr(_sender_settings(s), "sender_phone", "")),
+            _f("sender", "job_title", "Job title", lambda s: getattr(s.sender_settings, "sender_job_title", "")),
+            _f("sender", "phone", "Phone", lambda s: getattr(s.sender_settings, "sender_phone", "")),
             _f(
                 "sender",
                 "signature",
@@ -362,6 +359,7 @@ def sources_for(
         project=project,
         account=account,
         signature=signature,
+        sender_settings=MailSettings.objects.filter(user=user).first(),
     )
 
 
