@@ -27,6 +27,8 @@ from leads.models import Lead
 from mailsync.models import EmailAccount, MailSettings, Signature
 from projects.models import Project
 
+from .template_selectors import default_signature
+
 # {{ group.field }} or {{ group.field | fallback }}; a fallback holds no braces and no bar.
 FIELD_RE = re.compile(r"\{\{\s*([A-Za-z_]{1,30})\.([A-Za-z_]{1,40})\s*(?:\|([^{}|]{0,200}))?\}\}")
 _TAG_RE = re.compile(r"<[^>]*>")
@@ -349,7 +351,7 @@ def sources_for(
     if signature is not None and (account is None or signature.account_id != account.pk):
         signature = None
     if signature is None and account is not None:
-        signature = Signature.objects.filter(account=account, is_default_for_new=True).first()
+        signature = default_signature(account, reply=False)
     return Sources(
         sender=user,
         person=person,
