@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from crm.models import Visibility
 from mailsync.linking import access
-from mailsync.mailboxes import placement
+from mailsync.mailboxes import placement, search
+from mailsync.mailboxes.words import search_words
 from mailsync.models import (
     EmailMessage,
     EmailThread,
@@ -22,6 +23,8 @@ from mailsync.models import (
     MessageLocation,
 )
 from mailsync.sync import engine
+from mailsync.sync.ingest import ingest_raw
+from mailsync.sync.parsing import parse_message
 from mailsync.workspace import conversation_services, inbox
 from mailsync.workspace.inbox import InboxFilters
 from tests.factories import DealFactory, PersonEmailFactory, PersonFactory
@@ -378,18 +381,40 @@ def test_pages(client, alice):
 # --- search -------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def searchable(alice):
+def ingested_in(owner, role: str = "inbox", *, sender: str = ANN, subject: str = "Hello", body_text: str = "Hi.\n"):
+    """Like thread_in, but the message is stored from bytes as a sync stores it (ingest_raw), so its
+    search words come from the parser (EmailMessage.search_terms), not from the text in the database."""
+    account = EmailAccountFactory(user=owner)
+    result = ingest_raw(account, [make_message(subject, sender=sender, to=owner.email, body=body_text)])
+    message = EmailMessage.objects.get(pk=result.created_ids[0])
+    assert message.search_terms is not None
+    put_in(message, folder_of(account, role))
+    return message.thread
+
+
+# Both ways a message's words reach its list row's search document: stored by a sync (the parser's
+# words) and stored without them (mail from before they existed: the document reads the text).
+STORED = {"by a sync": ingested_in, "without search words": thread_in}
+
+
+def settle_as_stored(how: str, owner) -> None:
+    settle(owner)
+    if how == "without search words":  # what rebuild_mailboxes filled in, gone again: the old way
+        EmailMessage.objects.filter(thread__owner=owner).update(search_terms=None)
+        search.index_for_search(MailboxEntry.objects.filter(owner=owner).values_list("pk", flat=True))
+
+
+@pytest.fixture(params=list(STORED))
+def searchable(request, alice):
+    stored = STORED[request.param]
     threads = {
-        "subject": thread_in(alice, "inbox", subject="Container shipment to Rotterdam"),
-        "body": thread_in(alice, "inbox", subject="Hello", body_text="Please send the signed warranty form."),
-        "participant": thread_in(alice, "inbox", sender="dana@levi-design.example", subject="Hi"),
-        "non_ascii": thread_in(
-            alice, "inbox", subject="Spotkanie w Łodzi", body_text="Zażółć gęślą jaźń, do zobaczenia."
-        ),
-        "archived": thread_in(alice, "archive", subject="Container invoice archived"),
+        "subject": stored(alice, "inbox", subject="Container shipment to Rotterdam"),
+        "body": stored(alice, "inbox", subject="Hello", body_text="Please send the signed warranty form."),
+        "participant": stored(alice, "inbox", sender="dana@levi-design.example", subject="Hi"),
+        "non_ascii": stored(alice, "inbox", subject="Spotkanie w Łodzi", body_text="Zażółć gęślą jaźń, do zobaczenia."),
+        "archived": stored(alice, "archive", subject="Container invoice archived"),
     }
-    settle(alice)
+    settle_as_stored(request.param, alice)
     return threads
 
 
@@ -413,15 +438,16 @@ def test_search_in_subject_body_and_participants(alice, searchable, query, expec
     assert sorted(found) == sorted(searchable[name].pk for name in expected)
 
 
-@pytest.fixture
-def cjk(alice):
+@pytest.fixture(params=list(STORED))
+def cjk(request, alice):
+    stored = STORED[request.param]
     threads = {
-        "japanese": thread_in(alice, "inbox", subject="明日の会議について", body_text="東京都庁で話し合いましょう。"),
-        "chinese": thread_in(alice, "inbox", subject="报价单", body_text="我们明天下午开会讨论合同。"),
-        "korean": thread_in(alice, "inbox", subject="회의록", body_text="다음 주에 계약서를 보내드리겠습니다."),
-        "latin": thread_in(alice, "inbox", subject="Tokyo office", body_text="Plain text only."),
+        "japanese": stored(alice, "inbox", subject="明日の会議について", body_text="東京都庁で話し合いましょう。"),
+        "chinese": stored(alice, "inbox", subject="报价单", body_text="我们明天下午开会讨论合同。"),
+        "korean": stored(alice, "inbox", subject="회의록", body_text="다음 주에 계약서를 보내드리겠습니다."),
+        "latin": stored(alice, "inbox", subject="Tokyo office", body_text="Plain text only."),
     }
-    settle(alice)
+    settle_as_stored(request.param, alice)
     return threads
 
 
@@ -446,6 +472,43 @@ def test_search_in_chinese_japanese_and_korean(alice, cjk, query, expected):
         pytest.skip("the substring fallback finds these anyway")
     found = listed(alice, filters=InboxFilters(query=query))
     assert sorted(found) == sorted(cjk[name].pk for name in expected)
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        ("file_name", True),  # "_" separates words, in the query as in the document
+        ("name", True),
+        ("3.14", True),  # both parts of a number
+        ("14", True),
+        ("συμβόλαιο", True),  # upper-case Greek in the mail, lower-case in the box
+        ("ΣΥΜΒΌΛΑΙΟ", True),
+        ("Zürich", True),
+        ("zurich", False),  # accents are kept: a different word
+        ("acme", True),  # the domain of a participant's address
+        ("xyzzy", False),
+    ],
+)
+def test_search_words_of_mail_stored_by_a_sync(alice, query, found):
+    thread = ingested_in(
+        alice,
+        sender="Ann <ann@acme-logistics.example>",
+        subject="ΣΥΜΒΌΛΑΙΟ for Zürich",
+        body_text="See file_name.pdf, version 3.14 of the contract.",
+    )
+    settle(alice)
+    assert listed(alice, filters=InboxFilters(query=query)) == ([thread.pk] if found else [])
+
+
+def test_rebuild_gives_older_mail_the_search_words_of_new_mail(alice):
+    old = thread_in(alice, "inbox", sender="Ann <ann@acme-logistics.example>", subject="See file_name.pdf")
+    message = old.messages.get()
+    assert message.search_terms is None  # stored without them
+    settle(alice)  # rebuild_mailboxes
+    message.refresh_from_db()
+    new = parse_message(make_message("See file_name.pdf", sender="Ann <ann@acme-logistics.example>", to=alice.email))
+    assert set(message.search_terms.split()) >= set(new.search_terms.split()) - set(search_words(new.body_text))
+    assert listed(alice, filters=InboxFilters(query="name")) == [old.pk]
 
 
 def test_search_in_archive_and_search_view(client, alice, searchable):

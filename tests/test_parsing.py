@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsync.mailboxes.words import distinct_terms, search_words
 from mailsync.sync.parsing import (
     RECEIVED,
     SENT,
@@ -26,6 +27,7 @@ from mailsync.sync.parsing import (
     parse_many,
     parse_message,
     sanitize_html,
+    search_terms_of,
 )
 
 CORPUS = Path("/work/shared/corpus")
@@ -143,7 +145,9 @@ def test_fast_path_leaves_odd_structures_to_the_stdlib():
     for raw in odd:
         with pytest.raises(_Unusual):
             _fast_parse(raw)
-        assert comparable(parse_message(raw)) == comparable(_parse(raw, frozenset(), fast=False))
+        stdlib = _parse(raw, frozenset(), fast=False)
+        stdlib.search_terms = search_terms_of(stdlib)  # parse_message adds them to what either path parsed
+        assert comparable(parse_message(raw)) == comparable(stdlib)
 
 
 def test_legacy_iso_2022_jp_with_windows_extensions_is_decoded():
@@ -579,3 +583,27 @@ def test_text_left_with_replacement_characters_is_flagged_so_the_raw_is_kept():
     parsed = parse_message(raw)
     assert "\ufffd" in parsed.body_text and "Café déjà vu" in parsed.body_text
     assert "2 character(s) could not be decoded (declared charset utf-8)" in parsed.parse_error
+
+
+# --- search words (mailsync.mailboxes.words), computed with the parsing ---------------------------------
+
+
+def test_search_terms_are_the_distinct_words_of_subject_participants_and_text():
+    raw = build(subject="Quote for ACME", body="Quote attached: quote_v2.pdf\r\n" + "x" * 150 + "\r\n")
+    parsed = parse_message(raw)
+    terms = parsed.search_terms.split(" ")
+    assert len(terms) == len(set(terms))  # each once
+    assert {"quote", "for", "acme", "attached", "v2", "pdf"} <= set(terms)
+    assert "x" * 150 not in terms  # an encoded blob is not a word anyone types
+    for _role, name, address in parsed.participants():
+        assert set(search_words(f"{name} {address}")) <= set(terms)
+
+
+def test_search_words_ascii_shortcut_matches_the_unicode_rule():
+    text = "Re: Offer #42 for ACME_Corp (v3.1) -- see https://acme.example/x?y=1 & e-mail bob@acme.example"
+    assert distinct_terms(text).split(" ") == list(dict.fromkeys(search_words(text)))
+    assert distinct_terms(text + " Zürich").split(" ") == list(dict.fromkeys(search_words(text + " Zürich")))
+
+
+def test_search_words_give_the_pieces_of_cjk_runs():
+    assert distinct_terms("会議です").split(" ") == ["会議です", "会議", "議で", "です", "す"]

@@ -47,7 +47,7 @@ from mailsync.models import (
 )
 
 from .locks import OWNER_LOCK_NAMESPACE
-from .search import index_for_search
+from .search import fill_search_terms, index_for_search
 from .tasks import index_mailbox_for_search
 
 # Folder roles whose messages are "filed away": archive, Gmail's All Mail, and folders without a role.
@@ -138,6 +138,7 @@ def rebuild_all(*, user=None) -> int:
         chunk = ids[start : start + REBUILD_CHUNK]
         with transaction.atomic():
             _refresh(EmailMessage.objects.filter(thread_id__in=chunk).values_list("pk", flat=True), chunk)
+            fill_search_terms(chunk)
             index_for_search(MailboxEntry.objects.filter(thread_id__in=chunk).values_list("pk", flat=True))
     if connection.vendor == "postgresql":
         # Documents of rows deleted with their thread (a merge, a removed user) have nothing to match.

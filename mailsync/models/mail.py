@@ -75,6 +75,10 @@ class EmailMessage(models.Model):
     snippet = models.CharField(max_length=300, blank=True)
     body_text = models.TextField(blank=True)
     body_html = models.TextField("HTML body", blank=True, help_text="Sanitised HTML")
+    # Its distinct search words, space-separated (parsing.search_terms_of), from which the search
+    # documents of its list rows are built; NULL for mail stored before they existed or not parsed
+    # from bytes (mailsync.mailboxes.search then reads its words from the text above).
+    search_terms = models.TextField(null=True, blank=True, editable=False)
     has_remote_images = models.BooleanField(default=False)
     direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.RECEIVED)
     size = models.PositiveIntegerField(default=0)

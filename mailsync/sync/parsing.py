@@ -40,6 +40,7 @@ import charset_normalizer
 import nh3
 
 from crm.addresses import normalize_email
+from mailsync.mailboxes.words import message_terms
 
 from .bounces import BounceReport, may_be_bounce, read_bounce
 
@@ -103,6 +104,8 @@ class ParsedEmail:
     is_bulk: bool = False
     # A delivery failure report: its failed recipients and the message that bounced (bounces.read_bounce).
     bounce: BounceReport | None = None
+    # The words search finds it by (search_terms_of), filled in by parse_message; None: not computed.
+    search_terms: str | None = None
 
     @property
     def from_name(self) -> str:
@@ -155,11 +158,22 @@ def parse_message(raw: bytes, *, own_addresses: frozenset[str] = frozenset()) ->
         return _salvage(raw, own_addresses, reason)
     token = _DECODE_LOSSES.set([])
     try:
-        return _parse(raw, own_addresses)
+        parsed = _parse(raw, own_addresses)
     except Exception as exc:  # RecursionError, MemoryError, anything in the stdlib parser
-        return _salvage(raw, own_addresses, f"{type(exc).__name__}: {_short(str(exc))}")
+        parsed = _salvage(raw, own_addresses, f"{type(exc).__name__}: {_short(str(exc))}")
     finally:
         _DECODE_LOSSES.reset(token)
+    parsed.search_terms = search_terms_of(parsed)
+    return parsed
+
+
+def search_terms_of(parsed: ParsedEmail) -> str:
+    """Every distinct search word of a message, space-separated: what the search documents of its list
+    rows are built from (mailsync.mailboxes.search), computed here, beside the parsing, so that neither
+    the database nor the writing process spends time on it."""
+    return message_terms(
+        parsed.subject, ((name, address) for _role, name, address in parsed.participants()), parsed.body_text
+    )
 
 
 def parse_many(raws: list[bytes], own_addresses: frozenset[str] = frozenset()) -> list[ParsedEmail]:

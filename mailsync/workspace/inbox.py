@@ -31,6 +31,7 @@ from crm.addresses import normalize_email
 from crm.models import User
 from crm.records import search_terms
 from mailsync.linking.access import visible_target_condition
+from mailsync.mailboxes import words
 from mailsync.models import (
     EmailAccount,
     EmailMessage,
@@ -56,9 +57,8 @@ MAILBOXES = {
 }
 LINKED, UNLINKED = "linked", "unlinked"
 CORRESPONDENTS_SHOWN = 3
-WORD_RE = re.compile(r"\w+")
-# Runs of Chinese / Japanese / Korean characters; kept in step with migration 0005 (mailsync_cjk_terms).
-CJK_RUN_RE = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+)")
+# Runs of Chinese / Japanese / Korean characters (words.CJK_RUN_RE), kept as separators by split().
+CJK_RUN_RE = re.compile(f"({words.CJK_RUN_RE.pattern})")
 MAX_SEARCH_WORDS = 12
 MAX_TSQUERY_TERMS = 32
 ADDRESS_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -272,11 +272,11 @@ def neighbours(user: User, mailbox: str, filters: InboxFilters, thread_id: int) 
     return newer, older
 
 
-def _tsquery_terms(words: list[str]) -> list[str]:
+def _tsquery_terms(query_words: list[str]) -> list[str]:
     """tsquery terms for the words: each a prefix; a run of CJK characters as its two-character pieces
     (the documents hold every such piece), so "会議" finds "明日の会議について"."""
     terms: list[str] = []
-    for word in words:
+    for word in query_words:
         for part in CJK_RUN_RE.split(word):
             if not part:
                 continue
@@ -289,22 +289,22 @@ def _tsquery_terms(words: list[str]) -> list[str]:
 
 def search(entries: QuerySet[MailboxEntry], query: str) -> QuerySet[MailboxEntry]:
     """Rows with a visible message in the row's mailbox that matches every word of the query."""
-    words: list[str] = []
+    query_words: list[str] = []
     for term in search_terms(query):
         if ADDRESS_RE.match(term):
             address = normalize_email(term)
             entries = entries.filter(Exists(_messages_in_entry().filter(participants__address=address)))
         else:
-            words.extend(WORD_RE.findall(term))
-    words = words[:MAX_SEARCH_WORDS]
-    if not words:
+            query_words.extend(words.search_words(term))
+    query_words = query_words[:MAX_SEARCH_WORDS]
+    if not query_words:
         return entries
     if connection.vendor == "postgresql":
-        # Each word is a prefix ('acme':*), so results come while typing; the words have no tsquery
-        # operators left (\w only), and PostgreSQL lower-cases them like the documents.
-        tsquery = " & ".join(_tsquery_terms(words))
+        # Each word is a prefix ('acme':*), so results come while typing; the words are split and
+        # lower-cased as the documents' words were (words.search_words) and hold no tsquery operators.
+        tsquery = " & ".join(_tsquery_terms(query_words))
         return entries.filter(search_document__document=SearchQuery(tsquery, search_type="raw", config="simple"))
-    for word in words:
+    for word in query_words:
         matching = _messages_in_entry().filter(
             Q(subject__icontains=word)
             | Q(snippet__icontains=word)

@@ -9,7 +9,12 @@
 3. Full sync: the product's initial sync of the same mailbox into the configured database (use
    PostgreSQL: `make bench-sync`), parsing, threading, attachments to storage, list rows, search
    documents, linking, everything. It runs in a child process (this command again, `--child-sync`),
-   so that its peak RSS is its own and not that of the generated mail held here.
+   so that its peak RSS is its own and not that of the generated mail held here. As in production,
+   the follow-up tasks the sync queues after each commit (search documents, linking) run in another
+   process, one at a time in the order queued, like one Celery worker (`--task-worker`; its tasks come
+   over a pipe, not through a broker); the time ends when the last of them is done, so it is the time
+   until every message is stored, listed, linked and searchable. The CPU time of the sync process,
+   its parse worker, the task process and the machine as a whole is printed beside it.
 4. A no-change incremental pass on that mailbox, with connect + login and on an open connection.
 
 Targets (issue 18): the full sync at 2,000 msg/s or more, within 2x of the fetch-only floor, with a
@@ -21,6 +26,7 @@ import email
 import email.policy
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,6 +36,7 @@ import threading
 import time
 from pathlib import Path
 
+from celery.app.task import Task
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from imapclient import IMAPClient
@@ -51,8 +58,12 @@ class Command(BaseCommand):
         parser.add_argument("--messages", type=int, default=20_000)
         parser.add_argument("--keep", action="store_true", help="Keep the benchmark account and its mail")
         parser.add_argument("--child-sync", type=int, default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--task-worker", action="store_true", help=argparse.SUPPRESS)
 
-    def handle(self, *args, messages: int, keep: bool, child_sync: int | None = None, **options):
+    def handle(self, *args, messages: int, keep: bool, child_sync: int | None = None, task_worker=False, **options):
+        if task_worker:
+            self._task_worker()
+            return
         if child_sync is not None:
             self._child_sync(child_sync)
             return
@@ -60,8 +71,7 @@ class Command(BaseCommand):
             raise CommandError("--messages must be at least 1")
         if connection.vendor != "postgresql":
             self.stderr.write("Warning: not PostgreSQL; figures will not mean much. Use `make bench-sync`.")
-        # Linking runs inline so that its cost is inside the measured sync.
-        celery_app.conf.task_always_eager = True
+        celery_app.conf.task_always_eager = True  # tasks of the no-change passes run inline
         workdir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
         (workdir / "ca").mkdir()
         server = DovecotServer(TestCA(workdir / "ca"), UserRegistry())
@@ -115,7 +125,15 @@ class Command(BaseCommand):
             self._say(f"full sync / fetch + parse floor = {full / floor:.2f}x")
             self._say(
                 f"peak RSS of the sync: {child['rss_kb'] / 1024:,.0f} MB (its process), "
-                f"{child['workers_rss_kb'] / 1024:,.0f} MB (largest parse worker)"
+                f"{child['workers_rss_kb'] / 1024:,.0f} MB (largest parse worker), "
+                f"{child['tasks_rss_kb'] / 1024:,.0f} MB (task process)"
+            )
+            cpu = child["cpu"]
+            self._say(
+                f"CPU time: sync process {cpu['sync']:.2f}s, parse worker {cpu['parse']:.2f}s, task process "
+                f"{cpu['tasks']:.2f}s ({child['tasks']} tasks, last done {child['tasks_tail']:.2f}s after the "
+                f"sync), database and the rest {cpu['rest']:.2f}s; the {os.cpu_count()} cores were busy "
+                f"{cpu['busy']:.2f}s of {cpu['available']:.2f}s"
             )
 
             cold = self._timed(lambda: engine.sync_account(account.pk), 15)
@@ -137,27 +155,65 @@ class Command(BaseCommand):
         return json.loads(lines[-1])
 
     def _child_sync(self, account_id: int) -> None:
-        """Child side of _run_child_sync: sync until done, print one JSON line."""
-        celery_app.conf.task_always_eager = True
-        workers_peak = _ChildrenPeak()
+        """Child side of _run_child_sync: sync until done and the queued tasks ran, print one JSON line."""
+        tasks = _TaskProcess()  # started (Django loaded) before the clock starts, like a running worker
+        workers_peak = _ChildrenPeak(exclude={tasks.pid})
         workers_peak.start()
+        machine_before = _machine_cpu()
+        own_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         runs = 0
-        while True:
-            report = engine.sync_account(account_id, time_budget=3600)
-            runs += 1
-            if report.error is not None:
-                raise CommandError(f"sync failed: {report.error}")
-            if not report.more_work:
-                break
+        try:
+            while True:
+                report = engine.sync_account(account_id, time_budget=3600)
+                runs += 1
+                if report.error is not None:
+                    raise CommandError(f"sync failed: {report.error}")
+                if not report.more_work:
+                    break
+            synced = time.perf_counter()
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            parse = resource.getrusage(resource.RUSAGE_CHILDREN)  # the parse workers, exited and waited for
+            tasks_cpu, tasks_rss_kb = tasks.finish()
+        finally:
+            tasks.kill()
         seconds = time.perf_counter() - started
+        machine_after = _machine_cpu()
+        sync_cpu = own.ru_utime + own.ru_stime - own_before.ru_utime - own_before.ru_stime
+        parse_cpu = parse.ru_utime + parse.ru_stime
+        busy = machine_after[0] - machine_before[0]
         result = {
             "seconds": seconds,
             "runs": runs,
+            "tasks": tasks.sent,
+            "tasks_tail": seconds - (synced - started),
             "rss_kb": _peak_rss_kb(os.getpid()),
             "workers_rss_kb": workers_peak.peak_kb,
+            "tasks_rss_kb": tasks_rss_kb,
+            "cpu": {
+                "sync": sync_cpu,
+                "parse": parse_cpu,
+                "tasks": tasks_cpu,
+                "rest": max(0.0, busy - sync_cpu - parse_cpu - tasks_cpu),
+                "busy": busy,
+                "available": (machine_after[1] - machine_before[1]),
+            },
         }
         self.stdout.write(json.dumps(result))
+
+    def _task_worker(self) -> None:
+        """Runs the tasks that come on stdin (one JSON line each) in order, inline, as a worker would;
+        at EOF prints its CPU time and peak RSS."""
+        celery_app.conf.task_always_eager = True
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        self.stdout.write("ready")
+        self.stdout.flush()
+        for line in sys.stdin:
+            job = json.loads(line)
+            celery_app.tasks[job["name"]].apply(args=job["args"], kwargs=job["kwargs"]).get()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+        self.stdout.write(json.dumps({"cpu": cpu, "rss_kb": _peak_rss_kb(os.getpid())}))
 
     def _fetch_floor(self, server: DovecotServer, mail_user) -> float:
         """Every message fetched as the sync fetches it (imap.ImapSession, its FETCH reader), nothing else."""
@@ -228,9 +284,10 @@ def _peak_rss_kb(pid: int) -> int:
 class _ChildrenPeak(threading.Thread):
     """Samples the peak RSS (VmHWM) of this process's children (the parse workers) until it exits."""
 
-    def __init__(self):
+    def __init__(self, exclude: set[int] = frozenset()):
         super().__init__(daemon=True, name="bench-rss")
         self.peak_kb = 0
+        self.exclude = set(exclude)
 
     def run(self) -> None:
         tasks = Path(f"/proc/{os.getpid()}/task")
@@ -239,6 +296,60 @@ class _ChildrenPeak(threading.Thread):
                 children = {int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split()}
             except OSError:
                 children = set()
+            children -= self.exclude
             for pid in children:
                 self.peak_kb = max(self.peak_kb, _peak_rss_kb(pid))
             time.sleep(0.1)
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    total = sum(fields[:8])  # without guest time, already counted in user
+    return (total - idle) / ticks, total / ticks
+
+
+class _TaskProcess:
+    """A second process that runs the tasks this one queues, in order (see the module docstring).
+
+    Installed by replacing Task.apply_async in this process: nothing goes through a broker."""
+
+    def __init__(self):
+        command = [sys.executable, sys.argv[0], "bench_sync", "--task-worker"]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+        )
+        self.pid = self.process.pid
+        self.sent = 0
+        if self.process.stdout.readline().strip() != "ready":  # Django loaded, like a running worker
+            self.kill()
+            raise CommandError("the task process did not start")
+        celery_app.conf.task_always_eager = False
+        pipe, lock = self.process.stdin, threading.Lock()
+        owner = self
+
+        def apply_async(task, args=None, kwargs=None, **options):
+            line = json.dumps({"name": task.name, "args": list(args or ()), "kwargs": dict(kwargs or {})})
+            with lock:
+                pipe.write(line + "\n")
+                pipe.flush()
+                owner.sent += 1
+
+        Task.apply_async = apply_async
+
+    def finish(self) -> tuple[float, int]:
+        """EOF to the task process; waits until it has run every task. (CPU seconds, peak RSS in kB)."""
+        self.process.stdin.close()
+        output = self.process.stdout.read()
+        if self.process.wait() != 0:
+            raise CommandError("the task process failed")
+        answer = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+        return answer["cpu"], answer["rss_kb"]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

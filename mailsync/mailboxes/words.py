@@ -1,0 +1,50 @@
+"""What a word is to search (pure Python: the sync's parse workers import it, without Django).
+
+One definition for the search documents (their words are computed from each message when it is
+parsed: mailsync.sync.parsing.search_terms_of) and for the search box (mailsync.workspace.inbox), so
+that what is typed is what was indexed: lower-cased runs of letters and digits (str.lower, Unicode
+aware; "_" and punctuation separate words, as PostgreSQL's query parser does). Chinese, Japanese and
+Korean are written without spaces: a run of their characters also counts each of its two-character
+pieces (and its last character), which a query's CJK words are split into.
+"""
+
+import itertools
+import re
+from collections.abc import Iterable
+
+SEARCH_WORD_RE = re.compile(r"[^\W_]+")
+_ASCII_WORD_RE = re.compile(r"[a-z0-9]+")  # the same words in lower-cased ASCII text, found faster
+# Hiragana + Katakana, CJK extension A, CJK unified ideographs, compatibility ideographs, Hangul
+# syllables; the same class as mailsync_cjk_terms (migration 0005), which older documents used.
+CJK_RUN_RE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
+
+SEARCH_BODY_CHARS = 10_000  # the start of a message's text: quoted history makes bodies long
+SEARCH_PARTICIPANTS = 100  # a mail to thousands stays a bounded document
+SEARCH_WORD_CHARS = 100  # a longer run (an encoded blob, a hash) is nothing anyone types
+
+
+def search_words(text: str) -> list[str]:
+    """The words of `text` as search sees them, in order, with repeats."""
+    return SEARCH_WORD_RE.findall(text.lower())
+
+
+def distinct_terms(text: str) -> str:
+    """The distinct search words of `text` and the pieces of its CJK runs, space-separated (what a
+    message's search document is made of: MailboxSearchDocument)."""
+    text = text.lower()
+    ascii_only = text.isascii()
+    terms = dict.fromkeys((_ASCII_WORD_RE if ascii_only else SEARCH_WORD_RE).findall(text))  # in order, once
+    for word in [word for word in terms if len(word) > SEARCH_WORD_CHARS]:
+        del terms[word]
+    if not ascii_only:
+        for run in CJK_RUN_RE.findall(text):
+            for start in range(len(run)):
+                terms[run[start : start + 2]] = None
+    return " ".join(terms)
+
+
+def message_terms(subject: str, people: Iterable[tuple[str, str]], text: str) -> str:
+    """distinct_terms of one message: its subject, the names and addresses of its first
+    SEARCH_PARTICIPANTS participants (From, Sender, Reply-To, To, Cc, Bcc), the start of its text."""
+    names = " ".join(f"{name} {address}" for name, address in itertools.islice(people, SEARCH_PARTICIPANTS))
+    return distinct_terms(f"{subject} {names} {text[:SEARCH_BODY_CHARS]}")
