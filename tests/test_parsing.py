@@ -1,6 +1,8 @@
 """mailsync.sync.parsing: bytes -> ParsedEmail, on the real-world corpus and on crafted edge cases."""
 # ruff: noqa: RUF001  (the test data is deliberately multilingual: dashes, Hebrew, full-width commas)
 
+import email
+import email.utils
 import hashlib
 import random
 import re
@@ -15,7 +17,9 @@ from mailsync.sync.parsing import (
     SENT,
     ParsedEmail,
     _fast_parse,
+    _fix_8bit,
     _parse,
+    _simple_addresses,
     _Unusual,
     canonical_size,
     decode_bytes,
@@ -607,3 +611,47 @@ def test_search_words_ascii_shortcut_matches_the_unicode_rule():
 
 def test_search_words_give_the_pieces_of_cjk_runs():
     assert distinct_terms("会議です").split(" ") == ["会議です", "会議", "議で", "です", "す"]
+
+
+# --- plain address headers: the shortcut past the stdlib's getaddresses -----------------------------
+
+ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-to")
+TRICKY_ADDRESS_HEADERS = [
+    "Ann Example <ann@example.com>",
+    "ann@example.com, Bob  Smith\t<BOB@Example.COM>,",
+    "<x@y.z>",
+    "Dr. Ann O'Brien <a.b@c.d>",
+    ".a@b.c, a.@b.c, a@b..c, a@b.c.",
+    "=?utf-8?q?Ann=20Example?= <ann@example.com>",
+    "Ann\xa0Example <ann@example.com>",
+    '"Example, Ann" <ann@example.com>',
+    "Ann (work) <ann@example.com>",
+    "Ann Example",
+    "a @b.c",
+    "x@y@z",
+    "Ann <a@b.c> junk",
+    "undisclosed-recipients:;",
+    "ann@[192.0.2.1]",
+    "Ann <ann@example.com",
+    "Ann <>",
+    ",,",
+]
+
+
+def _address_headers_of_corpus():
+    for path in CORPUS_FILES:
+        message = email.message_from_bytes(path.read_bytes())
+        for name in ADDRESS_HEADERS:
+            for value in message.get_all(name) or []:
+                yield _fix_8bit(value)
+
+
+def test_plain_address_headers_are_read_as_the_stdlib_reads_them():
+    values = [*TRICKY_ADDRESS_HEADERS, *_address_headers_of_corpus()]
+    shortcut = 0
+    for value in values:
+        pairs = _simple_addresses(value)
+        if pairs is not None:
+            shortcut += 1
+            assert pairs == email.utils.getaddresses([value]), value
+    assert shortcut > len(values) / 2  # most headers take the shortcut (the corpus has a few hundred)
