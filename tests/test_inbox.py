@@ -3,9 +3,10 @@ placement and list rows (mailsync.mailboxes), visibility (P1-P3) and the cost of
 
 import datetime as dt
 import itertools
+import random
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -509,6 +510,70 @@ def test_rebuild_gives_older_mail_the_search_words_of_new_mail(alice):
     new = parse_message(make_message("See file_name.pdf", sender="Ann <ann@acme-logistics.example>", to=alice.email))
     assert set(message.search_terms.split()) >= set(new.search_terms.split()) - set(search_words(new.body_text))
     assert listed(alice, filters=InboxFilters(query="name")) == [old.pk]
+
+
+def _entry_rows(owner) -> set[tuple]:
+    return set(
+        MailboxEntry.objects.filter(owner=owner).values_list(
+            "thread_id",
+            "mailbox",
+            "latest_date",
+            "latest_message_id",
+            "message_count",
+            "unread_count",
+            "thread_message_count",
+            "has_attachments",
+        )
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_list_rows_rebuilt_in_sql_as_in_python(alice, seed):
+    """PostgreSQL rebuilds list rows with one statement, other databases in Python: same rows, same
+    answer (the rows whose messages changed), from list rows that are right, stale, missing or extra."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the statement is PostgreSQL's")
+    rng = random.Random(seed)
+    now = timezone.now()
+    threads = []
+    for number in range(12):
+        thread = create_thread(alice, sender=ANN, subject=f"Thread {number}", date=now - dt.timedelta(hours=number))
+        for extra in range(rng.randrange(0, 4)):
+            create_message(thread, sender=rng.choice([ANN, alice.email]), date=now - dt.timedelta(minutes=extra * 7))
+        threads.append(thread)
+    settle(alice)  # list rows as they should be
+    messages = list(EmailMessage.objects.filter(thread__in=threads))
+    for message in rng.sample(messages, len(messages) // 2):  # what changes after the rows were built
+        change = rng.choice(["read", "unread", "archive", "trash", "delete", "block", "attach", "date", "same"])
+        values = {
+            "read": {"is_read": True},
+            "unread": {"is_read": False},
+            "archive": {"mailbox": Mailbox.ARCHIVE},
+            "trash": {"mailbox": Mailbox.TRASH},
+            "delete": {"deleted_at": now},
+            "block": {"is_blocked": True},
+            "attach": {"has_attachments": True},
+            "date": {"date": now + dt.timedelta(minutes=rng.randrange(1, 90))},
+            "same": {},
+        }[change]
+        EmailMessage.objects.filter(pk=message.pk).update(**values)
+    rows = list(MailboxEntry.objects.filter(owner=alice))
+    MailboxEntry.objects.filter(pk__in=[row.pk for row in rng.sample(rows, 3)]).delete()  # missing rows
+    MailboxEntry.objects.filter(pk=rng.choice(rows).pk).update(unread_count=99)  # a stale one
+    ids = {thread.pk for thread in threads}
+
+    def rebuilt(rebuild) -> tuple[set, set]:
+        changed = rebuild(sorted(ids))
+        keys = set(MailboxEntry.objects.filter(pk__in=changed).values_list("thread_id", "mailbox"))
+        return _entry_rows(alice), keys
+
+    with transaction.atomic():
+        sid = transaction.savepoint()
+        in_python = rebuilt(placement._rebuild_entries_python)
+        transaction.savepoint_rollback(sid)
+        in_sql = rebuilt(placement._rebuild_entries_sql)
+    assert in_sql == in_python
+    assert in_sql[1]  # something did change
 
 
 def test_search_in_archive_and_search_view(client, alice, searchable):

@@ -155,6 +155,7 @@ def _table(model) -> str:
 
 _THREADS = _table(EmailThread)
 _MESSAGES = _table(EmailMessage)
+_ENTRIES = _table(MailboxEntry)
 
 
 def _refresh(message_ids: Iterable[int], thread_ids: Iterable[int]) -> list[int]:
@@ -257,11 +258,79 @@ def _visible(queryset):
 
 def _rebuild_entries(thread_ids: set[int]) -> list[int]:
     """Make the MailboxEntry rows of these threads match their visible messages; writes only changes.
-    Two SELECTs and at most one DELETE, INSERT and UPDATE. Returns the rows whose messages changed
-    (new rows, other messages or another latest one: not a mere change of read state)."""
+    Returns the rows whose messages changed (new rows, other messages or another latest one: not a
+    mere change of read state). PostgreSQL: one statement (_rebuild_entries_sql); elsewhere two
+    SELECTs and at most one DELETE, INSERT and UPDATE, the same rules in Python."""
     if not thread_ids:
         return []
-    ids = sorted(thread_ids)
+    if connection.vendor == "postgresql":
+        return _rebuild_entries_sql(sorted(thread_ids))
+    return _rebuild_entries_python(sorted(thread_ids))
+
+
+# The rules of _rebuild_entries_python, set-based: an initial sync rebuilds the rows of thousands of
+# threads per batch, and reading every message of them into Python cost more than all the rest of
+# placement (issue 18). The CTEs see one snapshot: existing rows are classified against it (gone,
+# changed, missing) and the DELETE, UPDATE and INSERT touch disjoint rows.
+_REBUILD_SQL = f"""
+WITH visible AS (
+    SELECT m.id, m.thread_id, t.owner_id, m.mailbox, COALESCE(m.date, m.internal_date, m.created_at) AS sort_date,
+           m.is_read, m.has_attachments
+    FROM {_MESSAGES} m JOIN {_THREADS} t ON t.id = m.thread_id
+    WHERE m.thread_id = ANY(%(ids)s) AND m.deleted_at IS NULL AND NOT m.is_blocked AND m.mailbox <> ''
+), wanted AS (
+    SELECT DISTINCT ON (v.thread_id, v.mailbox)
+           v.thread_id, v.mailbox, v.owner_id, v.sort_date AS latest_date, v.id AS latest_message_id,
+           count(*) OVER row_messages AS message_count,
+           count(*) FILTER (WHERE NOT v.is_read) OVER row_messages AS unread_count,
+           bool_or(v.has_attachments) OVER row_messages AS has_attachments,
+           count(*) OVER (PARTITION BY v.thread_id) AS thread_message_count
+    FROM visible v
+    WINDOW row_messages AS (PARTITION BY v.thread_id, v.mailbox)
+    ORDER BY v.thread_id, v.mailbox, v.sort_date DESC, v.id DESC
+), existing AS (
+    SELECT * FROM {_ENTRIES} WHERE thread_id = ANY(%(ids)s)
+), gone AS (
+    DELETE FROM {_ENTRIES} e USING existing x
+    WHERE e.id = x.id
+      AND NOT EXISTS (SELECT 1 FROM wanted w WHERE w.thread_id = x.thread_id AND w.mailbox = x.mailbox)
+    RETURNING e.id
+), gone_documents AS (
+    DELETE FROM {_table(MailboxSearchDocument)} d USING gone g WHERE d.entry_id = g.id
+), changed AS (
+    UPDATE {_ENTRIES} e
+    SET owner_id = w.owner_id, latest_date = w.latest_date, latest_message_id = w.latest_message_id,
+        message_count = w.message_count, unread_count = w.unread_count,
+        thread_message_count = w.thread_message_count, has_attachments = w.has_attachments
+    FROM existing x JOIN wanted w ON w.thread_id = x.thread_id AND w.mailbox = x.mailbox
+    WHERE e.id = x.id
+      AND (x.owner_id, x.latest_date, x.latest_message_id, x.message_count, x.unread_count,
+           x.thread_message_count, x.has_attachments)
+          IS DISTINCT FROM (w.owner_id, w.latest_date, w.latest_message_id, w.message_count, w.unread_count,
+                            w.thread_message_count, w.has_attachments)
+    RETURNING e.id, (x.latest_message_id, x.message_count, x.thread_message_count, x.has_attachments)
+          IS DISTINCT FROM (w.latest_message_id, w.message_count, w.thread_message_count, w.has_attachments)
+          AS content_changed
+), created AS (
+    INSERT INTO {_ENTRIES} (owner_id, thread_id, mailbox, latest_date, latest_message_id, message_count,
+                            unread_count, thread_message_count, has_attachments)
+    SELECT w.owner_id, w.thread_id, w.mailbox, w.latest_date, w.latest_message_id, w.message_count,
+           w.unread_count, w.thread_message_count, w.has_attachments
+    FROM wanted w
+    WHERE NOT EXISTS (SELECT 1 FROM existing x WHERE x.thread_id = w.thread_id AND x.mailbox = w.mailbox)
+    RETURNING id
+)
+SELECT id FROM created UNION ALL SELECT id FROM changed WHERE content_changed
+"""  # noqa: S608 (table names from the models; values are parameters)
+
+
+def _rebuild_entries_sql(ids: list[int]) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(_REBUILD_SQL, {"ids": ids})
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _rebuild_entries_python(ids: list[int]) -> list[int]:
     visible = (
         _visible(EmailMessage.objects.filter(thread_id__in=ids))
         .annotate(sort_date=Coalesce("date", "internal_date", "created_at"))

@@ -58,18 +58,20 @@ class EmailMessage(models.Model):
         RECEIVED = "received", "Received"
         SENT = "sent", "Sent"
 
-    account = models.ForeignKey(EmailAccount, on_delete=models.CASCADE, related_name="messages")
-    thread = models.ForeignKey(EmailThread, on_delete=models.CASCADE, related_name="messages")
+    # No index of their own: the (account, date) and (thread, date) indexes below serve those lookups,
+    # and every index is written for every message an initial sync stores (issue 18).
+    account = models.ForeignKey(EmailAccount, on_delete=models.CASCADE, related_name="messages", db_index=False)
+    thread = models.ForeignKey(EmailThread, on_delete=models.CASCADE, related_name="messages", db_index=False)
     message_key = models.CharField(max_length=64, help_text="sha256 of Message-ID, or of a fallback fingerprint")
     # parsing.content_fingerprint of the first copy stored; "" for mail stored before fingerprints
     # existed (ingestion fills it in from the next copy it meets).
     content_hash = models.CharField(max_length=64, blank=True, default="")
-    message_id = models.CharField("Message-ID", max_length=998, blank=True, db_index=True)
+    message_id = models.CharField("Message-ID", max_length=998, blank=True)
     in_reply_to = models.CharField(max_length=998, blank=True)
     references = models.TextField(blank=True)
     subject = models.TextField(blank=True)
     from_name = models.CharField(max_length=300, blank=True)
-    from_address = models.CharField(max_length=320, blank=True, db_index=True)
+    from_address = models.CharField(max_length=320, blank=True)
     date = models.DateTimeField(null=True, blank=True, help_text="Date header, or arrival when missing")
     internal_date = models.DateTimeField(null=True, blank=True)
     snippet = models.CharField(max_length=300, blank=True)
@@ -124,6 +126,12 @@ class EmailMessage(models.Model):
             models.Index(fields=["thread", "date"], name="message_thread_date_idx"),
             models.Index(fields=["account", "-date"], name="message_account_date_idx"),
             models.Index(fields=["account"], condition=Q(unlocated_since__isnull=False), name="message_unlocated_idx"),
+            # Blocked mail is rare: ingestion asks "any blocked message in these threads?" for every
+            # batch, which without this read the whole table (issue 18).
+            models.Index(fields=["thread"], condition=Q(is_blocked=True), name="message_blocked_thread_idx"),
+            # Equality only (db_index=True also made a LIKE index of each on PostgreSQL, never used).
+            models.Index(fields=["message_id"], name="message_message_id_idx"),
+            models.Index(fields=["from_address"], name="message_from_address_idx"),
         ]
 
     def __str__(self) -> str:
