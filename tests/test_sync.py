@@ -435,3 +435,19 @@ def test_idle_watcher_brings_new_mail_within_seconds(alice, dovecot, mail_user):
             time.sleep(0.05)
         assert live(account).filter(subject="Real time").exists(), "IDLE did not bring the message"
         assert time.monotonic() - delivered < 10
+
+
+@pytest.mark.parametrize("count", [1, 150, 399, 400, 1000, 1201, 5000, 20_017])
+def test_fetch_batches_cover_every_uid_once_small_at_both_ends(count):
+    uids = list(range(1, count + 1))
+    pooled = count >= engine.POOL_THRESHOLD
+    batches = engine._batches(uids, pooled=pooled)
+    assert [uid for batch in batches for uid in batch] == uids  # each once, in order
+    assert all(0 < len(batch) <= engine.LARGE_FETCH_BATCH for batch in batches)
+    assert len(batches[0]) <= engine.FETCH_BATCH  # the first mail is listed soon
+    if pooled:
+        # Nothing overlaps the last parse and write: the last thousand go in small batches.
+        tail = uids[-min(count - engine.FETCH_BATCH, engine.LARGE_FETCH_BATCH) :]
+        assert all(len(batch) <= engine.FETCH_BATCH for batch in batches if batch[0] >= tail[0])
+    else:
+        assert all(len(batch) <= engine.FETCH_BATCH for batch in batches)

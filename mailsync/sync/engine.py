@@ -63,6 +63,7 @@ from .ingest import (
     FetchedMessage,
     IngestResult,
     ParsePool,
+    PendingParse,
     attach_copies,
     flags_from_remaining_copies,
     ingest_batch,
@@ -803,31 +804,31 @@ def _fetch_and_ingest(
     if not uids:
         return True
     pooled = len(uids) >= POOL_THRESHOLD
-    # The first batch is a small one, so that parsing starts early and the first mail is listed soon.
-    size = LARGE_FETCH_BATCH if pooled else FETCH_BATCH
-    batches = [uids[:FETCH_BATCH]] + [uids[i : i + size] for i in range(FETCH_BATCH, len(uids), size)]
+    batches = _batches(uids, pooled=pooled)
     last = len(batches) - 1
     pool = ParsePool() if pooled else None
 
-    def fetch(batch: list[int]) -> list[FetchedMessage]:
-        return [
+    def fetch(batch: list[int]) -> tuple[list[FetchedMessage], PendingParse | None]:
+        items = [
             FetchedMessage(uid=m.uid, flags=m.flags, internal_date=m.internaldate, raw=m.raw)
             for m in session.fetch_messages(batch, batch_size=len(batch))
         ]
+        # Parsing starts as soon as the batch is here, not when the writer gets to it: the worker
+        # never waits for the writer (parsing is the slowest stage on a small machine).
+        return items, (pool.submit([item.raw for item in items], own) if pool else None)
 
     # The next batch is fetched by one thread while this one writes (socket reads and TLS release the GIL).
     # Only that thread uses the session until it is joined: the writes below touch the database only.
     fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap-fetch")
     try:
-        # Batch N+1 is fetched while N is parsed (in the pool) and N-1 is written.
+        # Batch N+1 is fetched (then parsed, in the pool) while N is parsed and N-1 is written.
         pending = None  # (items, parse future or None, is_last)
         next_items = fetcher.submit(fetch, batches[0])
         for index in range(len(batches)):
-            items = next_items.result()
+            items, future = next_items.result()
             out_of_time = deadline is not None and index < last and time.monotonic() >= deadline
             if index < last and not out_of_time:
                 next_items = fetcher.submit(fetch, batches[index + 1])
-            future = pool.submit([item.raw for item in items], own) if pool else None
             if pending is not None:
                 _write(account, folder, uidvalidity, own, report, pending, on_done, on_batch)
                 extend_lease(account.pk)
@@ -841,6 +842,18 @@ def _fetch_and_ingest(
         fetcher.shutdown(wait=True)  # the session is the caller's again only once no fetch runs
         if pool is not None:
             pool.close()
+
+
+def _batches(uids: list[int], *, pooled: bool) -> list[list[int]]:
+    """The fetch batches: a small first one (parsing starts early, the first mail is listed soon), large
+    ones when pooled, and small ones again at the end, where nothing overlaps the last parse and write."""
+    if not pooled:
+        return [uids[i : i + FETCH_BATCH] for i in range(0, len(uids), FETCH_BATCH)]
+    head, middle = uids[:FETCH_BATCH], uids[FETCH_BATCH:]
+    cut = max(0, len(middle) - LARGE_FETCH_BATCH)  # the last LARGE_FETCH_BATCH go in small batches
+    large = [middle[i : min(i + LARGE_FETCH_BATCH, cut)] for i in range(0, cut, LARGE_FETCH_BATCH)]
+    small = [middle[i : i + FETCH_BATCH] for i in range(cut, len(middle), FETCH_BATCH)]
+    return [head, *large, *small]
 
 
 def _write(account, folder, uidvalidity, own, report, pending, on_done, on_batch) -> None:
