@@ -1,6 +1,7 @@
 """mailsync.sync.ingest: batches of raw messages -> stored mail, exactly once, crash-safe, in few queries."""
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -387,6 +388,25 @@ def test_parse_pool_gives_the_same_results_as_parsing_inline():
     assert parsed == inline
 
 
+def test_waiting_for_the_pool_parses_queued_chunks_in_this_thread(monkeypatch):
+    """PendingParse.result lends the waiting thread's CPU: chunks no worker has taken are parsed here,
+    the answer is the same and in order."""
+    parsed_here = []
+    inline_parse_many = ingest.parse_many
+
+    def counting(raws, own):
+        parsed_here.append(threading.get_ident())
+        return inline_parse_many(raws, own)
+
+    monkeypatch.setattr(ingest, "parse_many", counting)
+    raws = [build_message(n, attachment=("a.bin", bytes([n]))) for n in range(1, 61)]
+    own = frozenset({"alice@company.test"})
+    with ParsePool(workers=1, chunk_size=2) as pool:  # 30 chunks: the worker takes 2 at a time
+        parsed = pool.submit(raws, own).result()
+    assert parsed == [parse_message(raw, own_addresses=own) for raw in raws]
+    assert threading.get_ident() in parsed_here
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_ingestion_of_the_same_batch_creates_no_duplicates(alice):
     account = EmailAccount.objects.create(
@@ -482,7 +502,10 @@ def test_a_copy_found_again_is_no_longer_unlocated(account, inbox, archive):
 
 def test_parse_workers_exit_when_the_pool_closes():
     pool = ParsePool(workers=2)
-    pool.submit([build_message(1)], frozenset()).result()
+    pool.submit([build_message(1)], frozenset()).result()  # may well be parsed here (the workers start meanwhile)
+    deadline = time.monotonic() + 10
+    while any(worker.process is None for worker in pool._workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
     processes = [worker.process for worker in pool._workers]
     assert all(process is not None and process.poll() is None for process in processes)
     pool.close()

@@ -180,6 +180,8 @@ class ParsePool:
     when it dies, even by kill -9, the worker gets SIGKILL from the kernel (PR_SET_PDEATHSIG) and
     EOF on stdin. No forkserver, no resource tracker, no queue a lost parent would leave it waiting on.
     A worker that dies (out of memory, say) is not replaced: its thread parses the rest itself.
+    Whoever waits for a result parses queued chunks meanwhile (PendingParse.result), so a busy machine
+    never has a writer idling behind a parser.
     """
 
     def __init__(self, workers: int | None = None, chunk_size: int = 50):
@@ -196,7 +198,25 @@ class ParsePool:
             future: Future = Future()
             self._jobs.put((list(raws[start : start + self.chunk_size]), own_addresses, future))
             futures.append(future)
-        return PendingParse(futures)
+        return PendingParse(futures, self)
+
+    def help_once(self) -> bool:
+        """Parse one queued chunk in this thread (one no worker has taken yet); False when none is left.
+        A caller that would only wait for the workers lends its CPU instead (PendingParse.result)."""
+        try:
+            job = self._jobs.get_nowait()
+        except queue.Empty:
+            return False
+        if job is None:  # close() has begun: leave its stop signal to the workers
+            self._jobs.put(None)
+            return False
+        raws, own, future = job
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(parse_many(raws, own))
+            except BaseException as exc:
+                future.set_exception(exc)
+        return True
 
     def close(self) -> None:
         for _worker in self._workers:
@@ -316,12 +336,17 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # mailsync/sync/ingest
 
 
 class PendingParse:
-    def __init__(self, futures):
+    def __init__(self, futures, pool: ParsePool | None = None):
         self._futures = futures
+        self._pool = pool
 
     def result(self) -> list[ParsedEmail]:
+        """The parsed batch, in order. While a part of it is not parsed yet, this thread parses queued
+        chunks itself rather than wait (when parsing is the slowest stage, the writer would idle)."""
         parsed: list[ParsedEmail] = []
         for future in self._futures:
+            while not future.done() and self._pool is not None and self._pool.help_once():
+                pass
             parsed.extend(future.result())
         return parsed
 
