@@ -7,6 +7,11 @@ class CrmConfig(AppConfig):
     default = True
     verbose_name = "CRM"
 
+    def ready(self) -> None:
+        from . import lookups
+
+        lookups.install()
+
 
 class CRMAdminConfig(admin_apps.AdminConfig):
     """django.contrib.admin with the CRM's admin site: counts-only delete pages, login through allauth."""
