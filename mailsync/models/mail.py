@@ -16,9 +16,12 @@ class EmailThread(models.Model):
         PRIVATE = "private", "Private"
         SHARED = "shared", "Shared with the company"
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="email_threads")
+    # Indexes: (owner, last_message_at) serves owner lookups; none written twice per new thread (issue 18).
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="email_threads", db_index=False
+    )
     subject = models.CharField(max_length=998, blank=True)
-    normalized_subject = models.CharField(max_length=998, blank=True, db_index=True)
+    normalized_subject = models.CharField(max_length=998, blank=True)
     visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.PRIVATE)
     first_message_at = models.DateTimeField(null=True, blank=True)
     last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -28,7 +31,10 @@ class EmailThread(models.Model):
 
     class Meta:
         ordering = ["-last_message_at", "-pk"]
-        indexes = [models.Index(fields=["owner", "-last_message_at"], name="thread_owner_recent_idx")]
+        indexes = [
+            models.Index(fields=["owner", "-last_message_at"], name="thread_owner_recent_idx"),
+            models.Index(fields=["normalized_subject"], name="thread_normalized_subject_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.subject or "(no subject)"
@@ -145,7 +151,7 @@ class ThreadReference(models.Model):
     replies to a message that is not in the mailbox, land in the same thread (JWZ-style placeholders).
     """
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
     key = models.CharField(max_length=64, help_text="sha256 of the normalised Message-ID")
     thread = models.ForeignKey(EmailThread, on_delete=models.CASCADE, related_name="message_refs")
 
@@ -159,8 +165,9 @@ class ThreadReference(models.Model):
 class MessageLocation(models.Model):
     """Where a message lives on the server: one row per (folder, uidvalidity, uid)."""
 
-    message = models.ForeignKey(EmailMessage, on_delete=models.CASCADE, related_name="locations")
-    folder = models.ForeignKey(MailFolder, on_delete=models.CASCADE, related_name="locations")
+    # Indexed by location_message_idx and location_unique_uid (folder first), not by indexes of their own.
+    message = models.ForeignKey(EmailMessage, on_delete=models.CASCADE, related_name="locations", db_index=False)
+    folder = models.ForeignKey(MailFolder, on_delete=models.CASCADE, related_name="locations", db_index=False)
     uidvalidity = models.BigIntegerField("UIDVALIDITY")
     uid = models.BigIntegerField("UID")
     flags = models.CharField(max_length=500, blank=True)
@@ -184,13 +191,17 @@ class MessageParticipant(models.Model):
         CC = "cc", "Cc"
         BCC = "bcc", "Bcc"
 
-    message = models.ForeignKey(EmailMessage, on_delete=models.CASCADE, related_name="participants")
+    message = models.ForeignKey(EmailMessage, on_delete=models.CASCADE, related_name="participants", db_index=False)
     role = models.CharField(max_length=10, choices=Role.choices)
-    address = models.CharField(max_length=320, db_index=True)
+    address = models.CharField(max_length=320)
     name = models.CharField(max_length=300, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["message", "role"], name="participant_message_role_idx")]
+        # (message, role) serves lookups by message; addresses are looked up whole (no LIKE index).
+        indexes = [
+            models.Index(fields=["message", "role"], name="participant_message_role_idx"),
+            models.Index(fields=["address"], name="participant_address_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.address}"

@@ -18,8 +18,9 @@ class MailboxEntry(models.Model):
     whose messages change (placement, read state, deletion, blocking), so it is never edited by hand.
     """
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    thread = models.ForeignKey(EmailThread, on_delete=models.CASCADE, related_name="mailbox_entries")
+    # Indexed by mailbox_entry_list_idx (owner first) and mailbox_entry_unique (thread first).
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    thread = models.ForeignKey(EmailThread, on_delete=models.CASCADE, related_name="mailbox_entries", db_index=False)
     mailbox = models.CharField(max_length=10, choices=Mailbox.choices)
     latest_date = models.DateTimeField(help_text="Date of the thread's latest visible message in this mailbox")
     latest_message = models.ForeignKey(EmailMessage, on_delete=models.CASCADE, related_name="+")
