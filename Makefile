@@ -44,7 +44,7 @@ BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crm_bench
 BENCH_MESSAGES ?= 20000
 
 bench-sync: venv
-	-createdb -h 127.0.0.1 -U postgres crm_bench 2>/dev/null
+	$(BIN)/python -m devtools.createdb $(BENCH_DATABASE_URL)
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v0
 	DATABASE_URL=$(BENCH_DATABASE_URL) MAILSYNC_ALLOW_PRIVATE_HOSTS=1 $(BIN)/python manage.py bench_sync --messages $(BENCH_MESSAGES)
 
@@ -52,7 +52,7 @@ BENCH_INBOX_MESSAGES ?= 200000
 BENCH_INBOX_ARGS ?=
 
 bench-inbox: venv
-	-createdb -h 127.0.0.1 -U postgres crm_bench 2>/dev/null
+	$(BIN)/python -m devtools.createdb $(BENCH_DATABASE_URL)
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v0
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py bench_inbox --messages $(BENCH_INBOX_MESSAGES) $(BENCH_INBOX_ARGS)
 
@@ -64,7 +64,7 @@ BENCH_BROKER_URL ?= redis://127.0.0.1:6379/14
 BENCH_SCALE_ARGS ?=
 
 bench-scale: venv
-	-createdb -h 127.0.0.1 -U postgres crm_bench_scale 2>/dev/null
+	$(BIN)/python -m devtools.createdb $(BENCH_SCALE_DATABASE_URL)
 	DATABASE_URL=$(BENCH_SCALE_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v0
 	DATABASE_URL=$(BENCH_SCALE_DATABASE_URL) MAILSYNC_ALLOW_PRIVATE_HOSTS=1 CELERY_BROKER_URL=$(BENCH_BROKER_URL) \
 		$(BIN)/python manage.py bench_scale --mailboxes $(BENCH_MAILBOXES) --broker $(BENCH_BROKER_URL) $(BENCH_SCALE_ARGS)
