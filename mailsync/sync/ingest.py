@@ -507,7 +507,11 @@ def _write_batch(
         result.thread_ids = set(assignment.touched)
         if before_commit is not None:
             before_commit(result)
-        refresh_mailboxes(result.message_ids, thread_ids=result.thread_ids)
+        # New messages got their mailbox when their rows were built (_message_row: their one location
+        # is this folder), so only the copies of stored ones are placed again; every touched thread's
+        # list rows are rebuilt either way.
+        created = set(created_ids)
+        refresh_mailboxes([pk for pk in result.message_ids if pk not in created], thread_ids=result.thread_ids)
         touched = set(result.thread_ids)
         transaction.on_commit(lambda: on_threads_changed(touched))
     for pk, item in zip(created_ids, new_parsed, strict=True):
