@@ -212,10 +212,7 @@ class ParsePool:
             return False
         raws, own, future = job
         if future.set_running_or_notify_cancel():
-            try:
-                future.set_result(parse_many(raws, own))
-            except BaseException as exc:
-                future.set_exception(exc)
+            _parse_here(raws, own, future)
         return True
 
     def close(self) -> None:
@@ -285,7 +282,7 @@ class _ParseWorker:
                     if not inline:
                         self._pending.append(job)
                 if inline:
-                    future.set_result(parse_many(raws, own))
+                    _parse_here(raws, own, future)
                     self._slots.release()
                     continue
                 # A worker that is gone makes this fail: the receiver then sees EOF and parses what is pending.
@@ -328,8 +325,16 @@ class _ParseWorker:
         if left:
             logger.warning("parse worker stopped (exit code %s); parsing in this process", self.process.poll())
         for raws, own, future in left:
-            future.set_result(parse_many(raws, own))
+            _parse_here(raws, own, future)
             self._slots.release()
+
+
+def _parse_here(raws: list[bytes], own: frozenset[str], future: Future) -> None:
+    """A job parsed in this process (no worker, a dead worker, or a waiting caller lending its CPU)."""
+    try:
+        future.set_result(parse_many(raws, own))
+    except BaseException as exc:  # parse_message never raises; anything else reaches the waiter
+        future.set_exception(exc)
 
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # mailsync/sync/ingest.py -> the project
@@ -491,10 +496,9 @@ def _write_batch(
                 [EmailMessage(pk=pk, content_hash=value) for pk, value in match.backfill.items()], ["content_hash"]
             )
 
+        copies = set(message_pks) - set(created_ids)  # items that are copies of messages stored before
         if folder is not None:
-            result.locations_added = _upsert_locations(
-                folder, uidvalidity, fetched, message_pks, set(message_pks) - set(created_ids)
-            )
+            result.locations_added = _upsert_locations(folder, uidvalidity, fetched, message_pks, copies)
             _update_flags(fetched, message_pks, match.stored_flags)
 
         refresh_thread_stats(assignment.touched)
@@ -508,10 +512,9 @@ def _write_batch(
         if before_commit is not None:
             before_commit(result)
         # New messages got their mailbox when their rows were built (_message_row: their one location
-        # is this folder), so only the copies of stored ones are placed again; every touched thread's
-        # list rows are rebuilt either way.
-        created = set(created_ids)
-        refresh_mailboxes([pk for pk in result.message_ids if pk not in created], thread_ids=result.thread_ids)
+        # is this folder), so only the copies are placed again; every touched thread's list rows are
+        # rebuilt either way.
+        refresh_mailboxes(copies, thread_ids=result.thread_ids)
         touched = set(result.thread_ids)
         transaction.on_commit(lambda: on_threads_changed(touched))
     for pk, item in zip(created_ids, new_parsed, strict=True):
