@@ -6,18 +6,20 @@ import email.utils
 import hashlib
 import random
 import re
+import string
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from mailsync.mailboxes.words import distinct_terms, search_words
+from mailsync.mailboxes.words import SEARCH_WORD_CHARS, distinct_terms, search_words
 from mailsync.sync.parsing import (
     RECEIVED,
     SENT,
     ParsedEmail,
     _fast_parse,
     _fix_8bit,
+    _lf_line_ends,
     _parse,
     _simple_addresses,
     _Unusual,
@@ -131,7 +133,8 @@ def test_fast_mime_path_handles_most_real_mail():
     taken = 0
     for path in CORPUS_FILES:
         try:
-            _fast_parse(path.read_bytes())
+            raw = path.read_bytes()
+            _fast_parse(raw, bare_cr=_lf_line_ends(raw)[1])
             taken += 1
         except Exception:
             continue
@@ -148,7 +151,7 @@ def test_fast_path_leaves_odd_structures_to_the_stdlib():
     ]
     for raw in odd:
         with pytest.raises(_Unusual):
-            _fast_parse(raw)
+            _fast_parse(raw, bare_cr=_lf_line_ends(raw)[1])
         stdlib = _parse(raw, frozenset(), fast=False)
         stdlib.search_terms = search_terms_of(stdlib)  # parse_message adds them to what either path parsed
         assert comparable(parse_message(raw)) == comparable(stdlib)
@@ -527,6 +530,15 @@ def test_non_bytes_input_is_handled():
 # --- identity and decoding (issue 9) ----------------------------------------------------------------
 
 
+def test_line_ends_are_made_lf_and_bare_crs_found_as_by_replace_and_count():
+    rng = random.Random(18)
+    pieces = [b"\r", b"\n", b"\r\n", b"\r\r\n", b"\n\r", b"a", b"From x", b" "]
+    samples = [path.read_bytes() for path in CORPUS_FILES[:60]]
+    samples += [b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    for raw in samples:
+        assert _lf_line_ends(raw) == (raw.replace(b"\r\n", b"\n"), raw.count(b"\r") != raw.count(b"\r\n")), raw
+
+
 def test_content_fingerprint_ignores_line_endings_trace_headers_and_mbox_quoting():
     from mailsync.sync.parsing import content_fingerprint
 
@@ -607,6 +619,17 @@ def test_search_words_ascii_shortcut_matches_the_unicode_rule():
     text = "Re: Offer #42 for ACME_Corp (v3.1) -- see https://acme.example/x?y=1 & e-mail bob@acme.example"
     assert distinct_terms(text).split(" ") == list(dict.fromkeys(search_words(text)))
     assert distinct_terms(text + " Zürich").split(" ") == list(dict.fromkeys(search_words(text + " Zürich")))
+
+
+def test_search_words_ascii_shortcut_matches_the_unicode_rule_on_random_text():
+    rng = random.Random(18)
+    alphabet = string.printable + "_" * 5 + "\x00\x7f"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))
+        if rng.random() < 0.2:
+            text += " " + "a1" * rng.randint(45, 55) + " " + text  # words around the length limit, repeats
+        expected = [word for word in dict.fromkeys(search_words(text)) if len(word) <= SEARCH_WORD_CHARS]
+        assert distinct_terms(text) == " ".join(expected), text
 
 
 def test_search_words_give_the_pieces_of_cjk_runs():

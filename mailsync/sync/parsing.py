@@ -268,8 +268,23 @@ def content_fingerprint(raw: bytes) -> str:
     its From-quoting, trailing blank lines and the trace / mailbox-state headers above. With the
     Message-ID key it tells a copy of a stored message (same fingerprint) from a different message
     that reuses its Message-ID."""
-    data = raw.replace(b"\r\n", b"\n")
-    if b"\r" in data:
+    return _fingerprint(*_lf_line_ends(raw))
+
+
+def _lf_line_ends(raw: bytes) -> tuple[bytes, bool]:
+    """`raw` with CRLF line ends made LF, and whether a CR not followed by LF (a bare CR) is left in it.
+    Deleting every CR and counting CRLFs is 2x faster than bytes.replace on CRLF mail (all IMAP mail)."""
+    if b"\r" not in raw:
+        return raw, False
+    stripped = raw.translate(None, b"\r")
+    if len(raw) - len(stripped) == raw.count(b"\r\n"):
+        return stripped, False
+    return raw.replace(b"\r\n", b"\n"), True
+
+
+def _fingerprint(data: bytes, bare_cr: bool) -> str:
+    """content_fingerprint of a message given as _lf_line_ends gives it."""
+    if bare_cr:
         data = data.replace(b"\r", b"\n")
     if data.startswith(b"From "):
         data = data.partition(b"\n")[2]
@@ -959,6 +974,8 @@ def _header_map(msg: email.message.Message) -> dict[str, list[str]]:
 
 
 def _get(msg: email.message.Message, name: str) -> str:
+    if type(msg) is _FastPart:  # the same first value, without building the map
+        return _first_header(msg._headers, name.lower()) or ""
     values = _get_all(msg, name)
     return values[0] if values else ""
 
@@ -1032,11 +1049,12 @@ _CLEAN_BOUNDARY = re.compile(r';\s*boundary\s*=\s*(?:"[^"]*"|[^";\s]+)\s*(?:;|$)
 _MIME_IN_PREAMBLE = re.compile(rb"^(?:content-[a-z-]+:|--)", re.I | re.M)
 
 
-def _fast_parse(raw: bytes) -> _FastPart:
+def _fast_parse(raw: bytes, *, bare_cr: bool) -> _FastPart:
     """Split well-formed MIME with bytes.find instead of the stdlib's line-by-line feed parser (about
     4x faster on real mail, most of which is base64). Anything unusual raises _Unusual and the caller
-    uses the stdlib parser, so odd mail gets the same treatment as before."""
-    if raw.count(b"\r") != raw.count(b"\r\n"):
+    uses the stdlib parser, so odd mail gets the same treatment as before. `bare_cr`: `raw` holds a CR
+    not followed by LF (_lf_line_ends)."""
+    if bare_cr:
         raise _Unusual  # bare CRs are line breaks to the stdlib; leave those messages to it
     if raw.startswith(b"From "):  # mbox envelope line, as the stdlib skips it
         newline = raw.find(b"\n")
@@ -1084,8 +1102,10 @@ def _fast_part(data: bytes, depth: int, default_type: str) -> _FastPart:
 def _fast_split_head(data: bytes) -> tuple[bytes, bytes]:
     if data[:1] in (b"\n", b"\r"):
         raise _Unusual  # no header block: the stdlib's salvage rules apply
-    lf = data.find(b"\n\n")
     crlf = data.find(b"\n\r\n")
+    # An LF-only blank line counts only before the first CRLF one: looked for there alone, not in the
+    # whole of a CRLF part's body (where it never is, and the search would read every byte).
+    lf = data.find(b"\n\n", 0, crlf + 1) if crlf >= 0 else data.find(b"\n\n")
     if lf < 0 and crlf < 0:
         return data, b""
     if crlf < 0 or (0 <= lf < crlf):
@@ -1180,9 +1200,10 @@ def _strip_leading_junk(raw: bytes) -> bytes:
 
 def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> ParsedEmail:
     msg = None
+    lf_data, bare_cr = _lf_line_ends(raw)
     if fast:
         try:
-            msg = _fast_parse(raw)
+            msg = _fast_parse(raw, bare_cr=bare_cr)
         except Exception:  # _Unusual, or anything the fast splitter did not foresee: use the stdlib
             msg = None
     if msg is None:
@@ -1290,7 +1311,7 @@ def _parse(raw: bytes, own_addresses: frozenset[str], *, fast: bool = True) -> P
         direction=SENT if any(address in own_addresses for _, address in from_) else RECEIVED,
         recipient_count=len(recipients),
         message_key=key,
-        content_hash=content_fingerprint(raw),
+        content_hash=_fingerprint(lf_data, bare_cr),
         parse_error=parse_error,
         defects=list(dict.fromkeys(defects)),
         is_bounce=body.is_bounce or bounce is not None,
@@ -1437,8 +1458,11 @@ class _BodyCollector:
         )
 
     def _filename(self, part) -> str:
-        params = _params(_get(part, "Content-Disposition"))
-        name = params.get("filename") or _params(_get(part, "Content-Type")).get("name") or ""
+        name = _params(_get(part, "Content-Disposition")).get("filename")
+        if not name:
+            # The fast splitter's parts have read their Content-Type parameters already.
+            type_params = part._params if type(part) is _FastPart else _params(_get(part, "Content-Type"))
+            name = type_params.get("name") or ""
         # Keep only the last path component: names like "../../etc/passwd" or "C:\\x\\y.doc" occur.
         name = _collapse_ws(name).replace("\\", "/").rsplit("/", 1)[-1].strip(". ")
         return _clean(name)[:255]
