@@ -1,5 +1,6 @@
 """mailsync.sync.ingest: batches of raw messages -> stored mail, exactly once, crash-safe, in few queries."""
 
+import fcntl
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -386,6 +387,20 @@ def test_parse_pool_gives_the_same_results_as_parsing_inline():
         parsed = pool.submit(raws, own).result()
     inline = [parse_message(raw, own_addresses=own) for raw in raws]
     assert parsed == inline
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are a Linux feature")
+def test_parse_worker_pipes_hold_a_megabyte():
+    raws = [build_message(n, attachment=("a.bin", bytes(300_000))) for n in range(1, 9)]
+    with ParsePool(workers=1, chunk_size=4) as pool:
+        parsed = pool.submit(raws, frozenset()).result()
+        deadline = time.monotonic() + 10
+        while pool._workers[0].process is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the worker is started by its sender thread
+        process = pool._workers[0].process
+        sizes = [fcntl.fcntl(stream.fileno(), fcntl.F_GETPIPE_SZ) for stream in (process.stdin, process.stdout)]
+    assert sizes == [ingest.PIPE_BYTES, ingest.PIPE_BYTES]
+    assert [item.attachments[0].size for item in parsed] == [300_000] * 8
 
 
 def test_waiting_for_the_pool_parses_queued_chunks_in_this_thread(monkeypatch):

@@ -678,3 +678,21 @@ def test_plain_address_headers_are_read_as_the_stdlib_reads_them():
             shortcut += 1
             assert pairs == email.utils.getaddresses([value]), value
     assert shortcut > len(values) / 2  # most headers take the shortcut (the corpus has a few hundred)
+
+
+def test_plain_parameters_shortcut_reads_them_as_the_full_decoding_does(monkeypatch):
+    from mailsync.sync import parsing
+
+    rng = random.Random(18)
+    values = []
+    for path in CORPUS_FILES:
+        for line in re.findall(
+            rb"(?im)^content-(?:type|disposition):[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*", path.read_bytes()
+        ):
+            values.append(line.partition(b":")[2].decode("ascii", "surrogateescape"))
+    pieces = ["; ", ";", "name", "filename", "boundary", "charset", "*", "*0*", "=", '"', "\\", "a b", "<x>", "x.pdf"]
+    pieces += ["=?utf-8?q?x?=", "utf-8''%41", "é", "\r\n ", "\t", "'", "text/plain", "-", "0"]
+    values += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 16))) for _ in range(5_000)]
+    fast = [parsing._params(value) for value in values]
+    monkeypatch.setattr(parsing, "_plain_param", lambda name, value: False)
+    assert fast == [parsing._params(value) for value in values]

@@ -135,7 +135,7 @@ def may_be_bounce(headers: dict[str, list[str]], content_type: str, report_type:
     if headers.get("x-failed-recipients"):
         return True
     sender = (headers.get("from") or [""])[0][:MAX_HEADER_CHARS]  # parseaddr is slow on huge headers
-    address = email.utils.parseaddr(sender)[1].lower()
+    address = sender_address(sender)
     local = address.rsplit("@", 1)[0] if address else sender.strip().strip("<>").lower()
     if local in _DAEMON_LOCALPARTS or "mailer-daemon" in sender.lower() or not local:
         return True  # a daemon, a postmaster, or the null sender "<>"
@@ -154,6 +154,23 @@ def may_be_bounce(headers: dict[str, list[str]], content_type: str, report_type:
     auto = (headers.get("auto-submitted") or [""])[0].lower()
     no_reply = local.replace("-", "").replace("_", "") in ("noreply", "donotreply")
     return return_path == "" or auto.startswith("auto-") or no_reply
+
+
+# "Ann Example <ann@acme.example>" and "ann@acme.example": what most From fields are, read the way
+# parseaddr reads them, without its character-by-character lexer (a fifth of a bounce check's time).
+_PLAIN_SENDER = re.compile(
+    r"\s*(?:[A-Za-z0-9_-]+(?:\s+[A-Za-z0-9_-]+)*\s*)?"
+    r"<([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*"
+    r"|\s*([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)\s*"
+)
+
+
+def sender_address(value: str) -> str:
+    """email.utils.parseaddr(value)[1].lower(): the first address of a From value."""
+    plain = _PLAIN_SENDER.fullmatch(value)
+    if plain is not None:
+        return (plain.group(1) or plain.group(2)).lower()
+    return email.utils.parseaddr(value)[1].lower()
 
 
 def read_bounce(raw: bytes) -> BounceReport | None:
