@@ -289,7 +289,7 @@ def _fingerprint(data: bytes, bare_cr: bool) -> str:
     if data.startswith(b"From "):
         data = data.partition(b"\n")[2]
     end = data.find(b"\n\n")
-    head, body = (data, b"") if end < 0 else (data[: end + 1], data[end + 2 :])
+    head, start = (data, len(data)) if end < 0 else (data[: end + 1], end + 2)  # the body: data[start:]
     kept: list[bytes] = []
     skipping = False
     for line in head.split(b"\n"):
@@ -301,11 +301,19 @@ def _fingerprint(data: bytes, bare_cr: bool) -> str:
         skipping = name in _TRACE_NAMES or name.startswith(TRACE_HEADER_PREFIXES)
         if not skipping and line:
             kept.append(line)
-    if b"From " in body:
-        body = _ESCAPED_FROM.sub(rb"\1", body)
     digest = hashlib.sha256(b"\n".join(kept))
     digest.update(b"\n\n")
-    digest.update(body.rstrip(b"\n"))
+    # The body without its trailing blank lines, un-quoted where a line starts with ">...From "; hashed
+    # in place (no copy) when no line starts with ">", which the un-quoting needs.
+    if data.startswith(b">", start) or data.find(b"\n>", start) >= 0:
+        digest.update(_ESCAPED_FROM.sub(rb"\1", data[start:]).rstrip(b"\n"))
+    else:
+        stop = len(data)
+        if data.endswith(b"\n" * 64):
+            stop = start + len(data[start:].rstrip(b"\n"))
+        while stop > start and data[stop - 1] == 10:
+            stop -= 1
+        digest.update(memoryview(data)[start:stop])
     return digest.hexdigest()
 
 
