@@ -35,7 +35,9 @@ def distinct_terms(text: str) -> str:
     message's search document is made of: MailboxSearchDocument)."""
     if text.isascii():
         words = dict.fromkeys(text.encode("ascii").lower().translate(_ASCII_NOT_WORD).split())  # in order, once
-        return b" ".join(word for word in words if len(word) <= SEARCH_WORD_CHARS).decode("ascii")
+        if words and max(map(len, words)) > SEARCH_WORD_CHARS:
+            words = [word for word in words if len(word) <= SEARCH_WORD_CHARS]
+        return b" ".join(words).decode("ascii")
     text = text.lower()
     terms = dict.fromkeys(SEARCH_WORD_RE.findall(text))
     for word in [word for word in terms if len(word) > SEARCH_WORD_CHARS]:

@@ -271,14 +271,17 @@ def content_fingerprint(raw: bytes) -> str:
     return _fingerprint(*_lf_line_ends(raw))
 
 
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
 def _lf_line_ends(raw: bytes) -> tuple[bytes, bool]:
     """`raw` with CRLF line ends made LF, and whether a CR not followed by LF (a bare CR) is left in it.
-    Deleting every CR and counting CRLFs is 2x faster than bytes.replace on CRLF mail (all IMAP mail)."""
+    Looking for a bare CR, then deleting every CR is 2.5x faster than bytes.replace on CRLF mail (all
+    IMAP mail)."""
     if b"\r" not in raw:
         return raw, False
-    stripped = raw.translate(None, b"\r")
-    if len(raw) - len(stripped) == raw.count(b"\r\n"):
-        return stripped, False
+    if _BARE_CR.search(raw) is None:
+        return raw.translate(None, b"\r"), False
     return raw.replace(b"\r\n", b"\n"), True
 
 
