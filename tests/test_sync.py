@@ -280,6 +280,9 @@ def test_second_sync_of_the_same_account_does_not_run_concurrently(alice, doveco
 def test_wrong_password_sets_needs_reauthentication_and_keeps_mail(account, dovecot, mail_user):
     deliver(dovecot, mail_user, 2)
     engine.sync_account(account.pk)
+    account.refresh_from_db()
+    assert account.last_sync_at == account.last_success_at  # a pass that worked is one instant, no "last try"
+    succeeded = account.last_success_at
     account.set_secret("not-the-password")
     account.save(update_fields=["secret_encrypted"])
 
@@ -287,6 +290,7 @@ def test_wrong_password_sets_needs_reauthentication_and_keeps_mail(account, dove
 
     assert report.error is not None and report.error.needs_reauth
     account.refresh_from_db()
+    assert account.last_success_at == succeeded and account.last_sync_at > succeeded  # the failed try is shown
     assert account.state == EmailAccount.State.NEEDS_REAUTH
     assert account.last_error_code and account.last_error_fix
     assert live(account).count() == 2

@@ -254,6 +254,9 @@ def test_connection_slots_stop_at_the_cap_and_expire(settings):
     assert limits.acquire(account, holder="c", seconds=60)
     ConnectionSlot.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
     assert limits.acquire(account, holder="d", seconds=60)  # a dead holder's slots do not count
+    assert list(ConnectionSlot.objects.values_list("holder", flat=True)) == ["d"]  # and are dropped
+    other = _accounts(3)[2]  # another mailbox: slots of its own
+    assert limits.acquire(other, holder="e", seconds=60) and limits.acquire(other, holder="f", seconds=60)
 
 
 def test_the_presets_carry_the_providers_caps():

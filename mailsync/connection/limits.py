@@ -50,6 +50,15 @@ def default_holder() -> str:
     return f"pid:{os.getpid()}"
 
 
+_TAKE_SLOT_SQL = """
+WITH expired AS (DELETE FROM mailsync_connectionslot WHERE key = %(key)s AND expires_at < %(now)s)
+INSERT INTO mailsync_connectionslot (key, holder, acquired_at, expires_at)
+SELECT %(key)s, %(holder)s, %(now)s, %(expires)s
+WHERE (SELECT count(*) FROM mailsync_connectionslot WHERE key = %(key)s AND expires_at >= %(now)s) < %(cap)s
+RETURNING id
+"""
+
+
 def acquire(account: EmailAccount, *, holder: str, seconds: float) -> int | None:
     """A slot for one connection to the account's mailbox, or None when its cap is reached."""
     key = slot_key(account)
@@ -60,6 +69,20 @@ def acquire(account: EmailAccount, *, holder: str, seconds: float) -> int | None
                 cursor.execute(
                     "SELECT pg_advisory_xact_lock(%s, %s)", [LIMIT_LOCK_NAMESPACE, zlib.crc32(key.encode()) - 2**31]
                 )
+                # The rest in one statement (it starts after the lock, so it sees every committed slot):
+                # drop expired slots, count the others, add one if under the cap.
+                cursor.execute(
+                    _TAKE_SLOT_SQL,
+                    {
+                        "key": key,
+                        "holder": holder,
+                        "now": now,
+                        "expires": now + timedelta(seconds=seconds),
+                        "cap": cap_for(account),
+                    },
+                )
+                row = cursor.fetchone()
+            return row[0] if row else None
         ConnectionSlot.objects.filter(key=key, expires_at__lt=now).delete()
         if ConnectionSlot.objects.filter(key=key).count() >= cap_for(account):
             return None

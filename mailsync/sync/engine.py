@@ -141,7 +141,7 @@ def sync_account(
         account = EmailAccount.objects.select_related("user").get(pk=account_id)
         if account.state in (EmailAccount.State.PAUSED, EmailAccount.State.REMOVED):
             return report
-        EmailAccount.objects.filter(pk=account_id).update(last_sync_at=timezone.now())
+        attempted = timezone.now()  # stored with the outcome: one write per pass, not two
         try:
             if session is not None:
                 _run(account, session, report, time_budget, bulk=bulk)
@@ -154,13 +154,13 @@ def sync_account(
                     _run(account, new_session, report, time_budget, bulk=bulk)
         except errors.MailError as error:
             report.error = error
-            _record_failure(account, error)
+            _record_failure(account, error, attempted=attempted)
             return report
         except Exception as exc:  # a bug must not stop the schedule; it is logged with its traceback
             logger.exception("sync of account %s failed", account_id)
             error = errors.ServerError(f"Unexpected problem while syncing ({type(exc).__name__}).", protocol="imap")
             report.error = error
-            _record_failure(account, error)
+            _record_failure(account, error, attempted=attempted)
             return report
         _record_success(account, report)
     return report
@@ -893,6 +893,7 @@ def _record_success(account: EmailAccount, report: SyncReport) -> None:
         state__in=[EmailAccount.State.PAUSED, EmailAccount.State.REMOVED]
     ).update(
         state=state,
+        last_sync_at=now,  # the same instant: the account list shows "last try" only after a failed one
         last_success_at=now,
         last_error_code="",
         last_error_message="",
@@ -903,7 +904,8 @@ def _record_success(account: EmailAccount, report: SyncReport) -> None:
     )
 
 
-def _record_failure(account: EmailAccount, error: errors.MailError) -> None:
+def _record_failure(account: EmailAccount, error: errors.MailError, *, attempted) -> None:
+    EmailAccount.objects.filter(pk=account.pk).update(last_sync_at=attempted)
     record_connection_failure(account=account, error=error)
 
 
