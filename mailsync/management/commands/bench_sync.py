@@ -179,10 +179,11 @@ class Command(BaseCommand):
             own = resource.getrusage(resource.RUSAGE_SELF)
             parse = resource.getrusage(resource.RUSAGE_CHILDREN)  # the parse workers, exited and waited for
             tasks_cpu, tasks_rss_kb = tasks.finish()
+            seconds = time.perf_counter() - started  # the last task is done
+            machine_after = _machine_cpu()
+            tasks.reap()
         finally:
             tasks.kill()
-        seconds = time.perf_counter() - started
-        machine_after = _machine_cpu()
         sync_cpu = own.ru_utime + own.ru_stime - own_before.ru_utime - own_before.ru_stime
         parse_cpu = parse.ru_utime + parse.ru_stime
         busy = machine_after[0] - machine_before[0]
@@ -217,7 +218,8 @@ class Command(BaseCommand):
             celery_app.tasks[job["name"]].apply(args=job["args"], kwargs=job["kwargs"]).get()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
-        self.stdout.write(json.dumps({"cpu": cpu, "rss_kb": _peak_rss_kb(os.getpid())}))
+        self.stdout.write(json.dumps({"cpu": cpu, "rss_kb": _peak_rss_kb(os.getpid())}) + "\n")
+        self.stdout.flush()
 
     def _fetch_floor(self, server: DovecotServer, mail_user) -> float:
         """Every message fetched as the sync fetches it (imap.ImapSession, its FETCH reader), nothing else."""
@@ -345,13 +347,25 @@ class _TaskProcess:
         Task.apply_async = apply_async
 
     def finish(self) -> tuple[float, int]:
-        """EOF to the task process; waits until it has run every task. (CPU seconds, peak RSS in kB)."""
+        """EOF to the task process; waits until it has run every task (its answer line, written after
+        the last one; its exit, Python's and Django's teardown, is waited for by `reap`, off the clock).
+        (CPU seconds, peak RSS in kB)."""
         self.process.stdin.close()
-        output = self.process.stdout.read()
-        if self.process.wait() != 0:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                answer = json.loads(line)
+                return answer["cpu"], answer["rss_kb"]
+        self.process.wait()
+        raise CommandError("the task process failed")
+
+    def reap(self) -> None:
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise CommandError("the task process did not exit") from None
+        if code != 0:
             raise CommandError("the task process failed")
-        answer = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
-        return answer["cpu"], answer["rss_kb"]
 
     def kill(self) -> None:
         if self.process.poll() is None:
