@@ -56,6 +56,7 @@ from mailsync.connection.config import account_imap_config
 from mailsync.connection.limits import imap_slot
 from mailsync.connection.state import log_recovery, record_connection_failure
 from mailsync.mailboxes.placement import refresh_mailboxes
+from mailsync.mailboxes.tuning import refresh_statistics
 from mailsync.models import EmailAccount, EmailMessage, MailFolder, MessageLocation
 from mailsync.protocols import errors, imap
 
@@ -871,6 +872,8 @@ def _write(account, folder, uidvalidity, own, report, pending, on_done, on_batch
         account, folder, items, uidvalidity=uidvalidity, parsed=parsed, own_addresses=own, before_commit=before_commit
     )
     report.absorb(result)
+    if result.created_ids:
+        refresh_statistics()  # a first sync grows its tables far past what the planner last saw
 
 
 def _restore_reappeared(result: IngestResult) -> None:

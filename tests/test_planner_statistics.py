@@ -1,0 +1,56 @@
+"""A first sync keeps the planner's statistics of the tables it fills fresh (mailboxes.tuning)."""
+
+import pytest
+from django.db import connection, transaction
+
+from crm.models import User
+from mailsync.mailboxes import tuning
+from mailsync.models import EmailThread
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="planner statistics are PostgreSQL's"),
+]
+
+
+def _estimated_rows(table: str) -> float:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = %s", [table])
+        return cursor.fetchone()[0]
+
+
+def _flush_table_counters() -> None:
+    """Row counters reach pg_stat_user_tables when the session goes idle, at most once a second."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def test_tables_grown_past_their_statistics_are_analyzed_and_only_those():
+    owner = User.objects.create_user(email="stats@company.test", password="x")
+    tuning.refresh_statistics()
+    EmailThread.objects.bulk_create(EmailThread(owner=owner, subject=f"t{n}") for n in range(3 * tuning.STALE_ROWS))
+    _flush_table_counters()
+
+    assert "mailsync_emailthread" in tuning.refresh_statistics()
+    assert _estimated_rows("mailsync_emailthread") >= 3 * tuning.STALE_ROWS
+    _flush_table_counters()
+    assert tuning.refresh_statistics() == []  # nothing changed since: no second ANALYZE
+
+    EmailThread.objects.bulk_create(EmailThread(owner=owner, subject=f"u{n}") for n in range(tuning.STALE_ROWS))
+    _flush_table_counters()
+    assert tuning.refresh_statistics() == []  # a third more rows: the plans stay right
+
+
+def test_nothing_is_analyzed_inside_a_transaction():
+    with transaction.atomic():
+        assert tuning.refresh_statistics() == []
+
+
+def test_the_message_table_is_analyzed_without_its_bodies():
+    statement = tuning._analyze_statement("mailsync_emailmessage")
+    assert '"message_key"' in statement and '"account_id"' in statement
+    assert '"body_text"' not in statement and '"body_html"' not in statement and '"search_terms"' not in statement
+    with connection.cursor() as cursor:
+        cursor.execute(statement)  # valid SQL for the current schema
