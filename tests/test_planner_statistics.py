@@ -54,3 +54,13 @@ def test_the_message_table_is_analyzed_without_its_bodies():
     assert '"body_text"' not in statement and '"body_html"' not in statement and '"search_terms"' not in statement
     with connection.cursor() as cursor:
         cursor.execute(statement)  # valid SQL for the current schema
+
+
+def test_a_failed_analyze_never_fails_the_sync(monkeypatch, caplog):
+    owner = User.objects.create_user(email="stats@company.test", password="x")
+    EmailThread.objects.bulk_create(EmailThread(owner=owner, subject=f"t{n}") for n in range(3 * tuning.STALE_ROWS))
+    _flush_table_counters()
+    monkeypatch.setattr(tuning, "_analyze_statement", lambda table: f"ANALYZE {table} (no_such_column)")
+    assert tuning.refresh_statistics() == []
+    assert "could not refresh the planner's statistics" in caplog.text
+    assert EmailThread.objects.count() == 3 * tuning.STALE_ROWS  # the connection still works

@@ -11,8 +11,12 @@ itself (SET LOCAL: that transaction only, no schema change; neither changes a re
 - Fresh statistics during a first sync (refresh_statistics, between batches): see SYNC_TABLES.
 """
 
+import logging
+
 from django.apps import apps
-from django.db import connection, models
+from django.db import DatabaseError, connection, models
+
+logger = logging.getLogger(__name__)
 
 _LZ4_AVAILABLE: bool | None = None
 
@@ -80,14 +84,18 @@ def refresh_statistics() -> list[str]:
     it. Returns the tables analyzed."""
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         return []
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
-            # n_live_tup, not n_mod_since_analyze: an ANALYZE of some columns does not reset the latter.
-            "WHERE s.relname = ANY(%s) AND s.n_live_tup - GREATEST(c.reltuples, 0) > GREATEST(%s, c.reltuples)",
-            [list(SYNC_TABLES), STALE_ROWS],
-        )
-        stale = sorted(row[0] for row in cursor.fetchall())
-        for table in stale:
-            cursor.execute(_analyze_statement(table))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
+                # n_live_tup, not n_mod_since_analyze: an ANALYZE of some columns does not reset the latter.
+                "WHERE s.relname = ANY(%s) AND s.n_live_tup - GREATEST(c.reltuples, 0) > GREATEST(%s, c.reltuples)",
+                [list(SYNC_TABLES), STALE_ROWS],
+            )
+            stale = sorted(row[0] for row in cursor.fetchall())
+            for table in stale:
+                cursor.execute(_analyze_statement(table))
+    except DatabaseError:  # a statement timeout, say: slower plans, never a failed sync
+        logger.warning("could not refresh the planner's statistics", exc_info=True)
+        return []
     return stale
