@@ -42,6 +42,11 @@ def test_tables_grown_past_their_statistics_are_analyzed_and_only_those():
     _flush_table_counters()
     assert tuning.refresh_statistics() == []  # a third more rows: the plans stay right
 
+    EmailThread.objects.bulk_create(EmailThread(owner=owner, subject=f"v{n}") for n in range(tuning.STALE_ROWS))
+    _flush_table_counters()
+    assert tuning.refresh_statistics() == ["mailsync_emailthread"]  # two thirds more: analyzed again
+    assert _estimated_rows("mailsync_emailthread") >= 5 * tuning.STALE_ROWS
+
 
 def test_nothing_is_analyzed_inside_a_transaction():
     with transaction.atomic():
