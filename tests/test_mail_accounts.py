@@ -561,6 +561,16 @@ def test_settings_page_lists_own_accounts_only(alice_client, alice, bob):
     assert 'href="/mail/settings/"' in html  # the navigation link
 
 
+def test_settings_page_shows_the_last_try_only_when_it_failed(alice_client, alice):
+    from django.utils import timezone
+
+    worked = timezone.now() - timezone.timedelta(hours=2)
+    account = plain_account(alice, state=State.SYNCING, last_sync_at=worked, last_success_at=worked)
+    assert "last try" not in alice_client.get(reverse("mailsync:settings")).content.decode()
+    EmailAccount.objects.filter(pk=account.pk).update(last_sync_at=worked + timezone.timedelta(hours=1))
+    assert "last try an hour ago" in alice_client.get(reverse("mailsync:settings")).content.decode()
+
+
 def test_settings_page_says_how_many_changes_wait_for_the_mail_account(alice_client, alice):
     from mailsync.models import PendingServerAction
 
