@@ -1,5 +1,6 @@
 """Email address and domain normalisation shared by the CRM and mail sync."""
 
+import re
 from email.utils import parseaddr
 
 # Domains of public mailbox providers: a person at gmail.com says nothing about their organization.
@@ -102,3 +103,36 @@ def domain_of(address: str) -> str:
 
 def is_free_mail_domain(domain: str) -> bool:
     return normalize_domain(domain) in FREE_MAIL_DOMAINS
+
+
+# One entry of a plain address header: "Display Name <local@domain>" or "local@domain", with no quotes,
+# comments, groups, escapes, domain literals or spaces inside the address. Most headers are only such
+# entries separated by commas; for them the stdlib's getaddresses (a character-by-character parser,
+# ~40 us an address) returns exactly the name (its words joined by one space, which the caller does
+# too) and the address this finds (tests/test_parsing.py checks both on every header of the test
+# corpus; tests/test_bounces.py checks the first address against parseaddr).
+_PLAIN = r"[^\s<>@,;:\"()\\\[\]]+"
+_LWS = r"[ \t\r\n]*"  # the stdlib's whitespace between words (not other Unicode spaces: they stay in the name)
+_SIMPLE_ENTRY = re.compile(rf"{_LWS}(?:([^<>@,;:\"()\\\[\]]*?){_LWS}<({_PLAIN}@{_PLAIN})>|({_PLAIN}@{_PLAIN})){_LWS}")
+_NOT_SIMPLE = re.compile(r'["()\\\[\];:]')
+_WORD_GAP = re.compile(r"[ \t\r\n]+")
+
+
+def plain_addresses(text: str) -> list[tuple[str, str]] | None:
+    """email.utils.getaddresses([text]) for a header made of plain entries only (_SIMPLE_ENTRY); None
+    for any other (the caller asks the stdlib). Its first pair is parseaddr(text)'s."""
+    if _NOT_SIMPLE.search(text):
+        return None
+    pairs = []
+    entries = text.split(",")
+    for position, entry in enumerate(entries, start=1):
+        if not entry.strip(" \t\r\n"):
+            if position < len(entries):
+                return None  # an empty entry inside: the stdlib's answer depends on what follows it
+            continue
+        match = _SIMPLE_ENTRY.fullmatch(entry)
+        if match is None:
+            return None
+        name, bracketed, bare = match.groups()
+        pairs.append((" ".join(filter(None, _WORD_GAP.split(name))), bracketed) if bracketed else ("", bare))
+    return pairs

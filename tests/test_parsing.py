@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crm.addresses import plain_addresses
 from mailsync.mailboxes.words import SEARCH_WORD_CHARS, distinct_terms, search_words
 from mailsync.sync.parsing import (
     RECEIVED,
@@ -21,7 +22,6 @@ from mailsync.sync.parsing import (
     _fix_8bit,
     _lf_line_ends,
     _parse,
-    _simple_addresses,
     _Unusual,
     canonical_size,
     decode_bytes,
@@ -673,7 +673,7 @@ def test_plain_address_headers_are_read_as_the_stdlib_reads_them():
     values = [*TRICKY_ADDRESS_HEADERS, *_address_headers_of_corpus()]
     shortcut = 0
     for value in values:
-        pairs = _simple_addresses(value)
+        pairs = plain_addresses(value)
         if pairs is not None:
             shortcut += 1
             assert pairs == email.utils.getaddresses([value]), value

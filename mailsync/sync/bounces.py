@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from flufl.bounce._scan import _DETECTORS as FLUFL_DETECTORS
 
-from crm.addresses import normalize_email
+from crm.addresses import normalize_email, plain_addresses
 
 # Senders of bounce reports (local parts): MTAs' daemons and postmasters.
 _DAEMON_LOCALPARTS = frozenset(
@@ -156,20 +156,12 @@ def may_be_bounce(headers: dict[str, list[str]], content_type: str, report_type:
     return return_path == "" or auto.startswith("auto-") or no_reply
 
 
-# "Ann Example <ann@acme.example>" and "ann@acme.example": what most From fields are, read the way
-# parseaddr reads them, without its character-by-character lexer (a fifth of a bounce check's time).
-_PLAIN_SENDER = re.compile(
-    r"\s*(?:[A-Za-z0-9_-]+(?:\s+[A-Za-z0-9_-]+)*\s*)?"
-    r"<([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*"
-    r"|\s*([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)\s*"
-)
-
-
 def sender_address(value: str) -> str:
-    """email.utils.parseaddr(value)[1].lower(): the first address of a From value."""
-    plain = _PLAIN_SENDER.fullmatch(value)
-    if plain is not None:
-        return (plain.group(1) or plain.group(2)).lower()
+    """email.utils.parseaddr(value)[1].lower(): the first address of a From value, without the stdlib's
+    character-by-character lexer when the value is plain (a fifth of a bounce check's time)."""
+    plain = plain_addresses(value)
+    if plain:
+        return plain[0][1].lower()
     return email.utils.parseaddr(value)[1].lower()
 
 

@@ -39,7 +39,7 @@ from functools import lru_cache
 import charset_normalizer
 import nh3
 
-from crm.addresses import normalize_email
+from crm.addresses import normalize_email, plain_addresses
 from mailsync.mailboxes.words import message_terms
 
 from .bounces import BounceReport, may_be_bounce, read_bounce
@@ -893,44 +893,13 @@ def _parse_addresses(values: list[str] | None, defects: list[str], header: str) 
 
 
 def _getaddresses(text: str) -> list[tuple[str, str]]:
-    simple = _simple_addresses(text)
+    simple = plain_addresses(text)
     if simple is not None:
         return simple
     try:
         return email.utils.getaddresses([text])
     except Exception:
         return []
-
-
-# One entry of a plain address header: "Display Name <local@domain>" or "local@domain", with no quotes,
-# comments, groups, escapes, domain literals or spaces inside the address. Most headers are only such
-# entries separated by commas; for them the stdlib's getaddresses (a character-by-character parser,
-# ~40 us an address) returns exactly the name (its words joined by one space, which the caller does
-# too) and the address this finds (test_parsing checks both on every header of the test corpus).
-_PLAIN = r"[^\s<>@,;:\"()\\\[\]]+"
-_LWS = r"[ \t\r\n]*"  # the stdlib's whitespace between words (not other Unicode spaces: they stay in the name)
-_SIMPLE_ENTRY = re.compile(rf"{_LWS}(?:([^<>@,;:\"()\\\[\]]*?){_LWS}<({_PLAIN}@{_PLAIN})>|({_PLAIN}@{_PLAIN})){_LWS}")
-_NOT_SIMPLE = re.compile(r'["()\\\[\];:]')
-_WORD_GAP = re.compile(r"[ \t\r\n]+")
-
-
-def _simple_addresses(text: str) -> list[tuple[str, str]] | None:
-    """getaddresses for a header made of plain entries only (_SIMPLE_ENTRY); None for any other."""
-    if _NOT_SIMPLE.search(text):
-        return None
-    pairs = []
-    entries = text.split(",")
-    for position, entry in enumerate(entries, start=1):
-        if not entry.strip(" \t\r\n"):
-            if position < len(entries):
-                return None  # an empty entry inside: the stdlib's answer depends on what follows it
-            continue
-        match = _SIMPLE_ENTRY.fullmatch(entry)
-        if match is None:
-            return None
-        name, bracketed, bare = match.groups()
-        pairs.append((" ".join(filter(None, _WORD_GAP.split(name))), bracketed) if bracketed else ("", bare))
-    return pairs
 
 
 def _normalize_address(address: str) -> str:
