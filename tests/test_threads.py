@@ -7,7 +7,7 @@ import pytest
 from mailsync.models import EmailAccount, EmailMessage, EmailThread, MailFolder, MailSettings, ThreadLink
 from mailsync.sync.ingest import ingest_batch, ingest_raw
 from mailsync.sync.parsing import parse_message
-from mailsync.sync.threads import assign_threads, has_reply_prefix, normalize_subject
+from mailsync.sync.threads import assign_threads, has_reply_prefix, normalize_subject, refresh_thread_stats
 from tests.factories import PersonFactory
 from tests.test_ingest import BASE_DATE, build_message
 
@@ -241,3 +241,45 @@ def test_assign_threads_batch_api(alice):
     # A later batch finds the same thread through the stored references.
     later = parse_message(build_message(4, subject="Re: Kickoff", references="<msg-2@customer.example>"))
     assert assign_threads(alice, [later]).thread_ids == [kickoff.pk]
+
+
+def test_threads_created_by_a_batch_carry_the_stats_of_their_messages(account):
+    """New threads are written with their count, dates and subject (ingestion then skips recomputing
+    them): they must be what refresh_thread_stats computes from the stored messages, whatever the order
+    in the batch, equal dates, a missing or a future Date header."""
+    same = BASE_DATE + timedelta(hours=5)
+    ingest_raw(
+        account,
+        [
+            build_message(12, subject="Re: Tie", references="<msg-10@customer.example>", date=same),
+            build_message(10, subject="Tie", date=same),  # same date: the first in the batch names it
+            build_message(11, subject="Re: Tie", in_reply_to="<msg-10@customer.example>", date=same),
+            build_message(22, subject="Re: Later first", references="<msg-20@customer.example>"),
+            build_message(20, subject="Later first"),
+            build_message(30, subject="Alone"),
+            build_message(40, subject="From the future", date=BASE_DATE + timedelta(days=3650)),
+            build_message(41, subject="Re: From the future", in_reply_to="<msg-40@customer.example>"),
+        ],
+    )
+    no_date = build_message(50, subject="No date").replace(b"Date: ", b"X-Old-Date: ", 1)
+    ingest_raw(account, [no_date, build_message(51, subject="Re: No date", in_reply_to="<msg-50@customer.example>")])
+
+    stored = {
+        thread.pk: (thread.message_count, thread.first_message_at, thread.last_message_at, thread.subject)
+        for thread in EmailThread.objects.all()
+    }
+    assert len(stored) == 5
+    for pk, (count, first, last, subject) in stored.items():
+        messages = list(EmailMessage.objects.filter(thread_id=pk).order_by("date", "pk"))
+        assert (count, first, last, subject) == (
+            len(messages),
+            messages[0].date,
+            messages[-1].date,
+            messages[0].subject,
+        ), subject
+    assert thread_of("msg-12@customer.example").subject == "Re: Tie"
+    refresh_thread_stats(stored)  # recomputing changes nothing
+    assert stored == {
+        thread.pk: (thread.message_count, thread.first_message_at, thread.last_message_at, thread.subject)
+        for thread in EmailThread.objects.all()
+    }

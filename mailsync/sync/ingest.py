@@ -521,7 +521,8 @@ def _write_batch(
             result.locations_added = _upsert_locations(folder, uidvalidity, fetched, message_pks, copies)
             _update_flags(fetched, message_pks, match.stored_flags)
 
-        refresh_thread_stats(assignment.touched)
+        # Threads created for this batch were written with their stats (its messages, their dates).
+        refresh_thread_stats(assignment.touched - assignment.created)
         result.created = len(created_ids)
         result.kept_apart = match.kept_apart
         result.failed = sum(1 for item in new_parsed if item.parse_error)

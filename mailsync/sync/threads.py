@@ -87,6 +87,9 @@ class ThreadAssignment:
     # Threads that got messages (new or existing), and existing threads merged away (deleted).
     touched: set[int]
     merged_away: set[int]
+    # The threads created here: their count, first and last date and subject are already those of their
+    # messages (when the messages are stored with the given dates), so refresh_thread_stats can skip them.
+    created: set[int] = field(default_factory=set)
 
 
 class _UnionFind:
@@ -188,6 +191,8 @@ def assign_threads(
         visibility = _default_visibility(owner)
         threads = []
         for _root, indexes in new_groups:
+            # What refresh_thread_stats would compute once the messages are stored (the subject of the
+            # earliest by date, then by id: ids follow the order of `candidates`), written with the row.
             first = min(indexes, key=lambda i: (candidates[i].date, i))
             subject = candidates[first].parsed.subject
             threads.append(
@@ -195,6 +200,9 @@ def assign_threads(
                     owner=owner,
                     subject=subject[:SUBJECT_MAX],
                     normalized_subject=normalize_subject(subject),
+                    message_count=len(indexes),
+                    first_message_at=candidates[first].date,
+                    last_message_at=max(candidates[i].date for i in indexes),
                     visibility=visibility,
                     provider_thread_id=next(
                         (candidates[i].provider_thread_id for i in indexes if candidates[i].provider_thread_id), ""
