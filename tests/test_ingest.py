@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.storage import FileSystemStorage
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -526,3 +528,48 @@ def test_parse_workers_exit_when_the_pool_closes():
     pool.close()
     assert all(worker.process is None for worker in pool._workers)
     assert all(process.poll() is not None for process in processes)
+
+
+def test_files_on_a_local_disk_are_what_the_storage_would_write(account, inbox, media_root, settings, monkeypatch):
+    """Attachments on a local disk skip FileSystemStorage.save (ingest._store_on_disk): same names, bytes,
+    permissions; a file left by an earlier attempt is reused when it has the right size and replaced when
+    not; a name that would leave MEDIA_ROOT is refused as the storage refuses it."""
+    settings.FILE_UPLOAD_PERMISSIONS = 0o640
+    settings.FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
+    payload = bytes(range(256)) * 300
+    with monkeypatch.context() as patched:
+        patched.setattr(FileSystemStorage, "_save", lambda *args: pytest.fail("not the direct path"))
+        ingest_batch(
+            account, inbox, fetched([build_message(1, attachment=("Q3 figures.xlsx", payload))]), uidvalidity=7
+        )
+
+    attachment = Attachment.objects.get()
+    path = media_root / attachment.file.name
+    assert attachment.file.name.startswith("attachments/") and attachment.file.name.endswith("-1-Q3_figures.xlsx")
+    assert path.read_bytes() == payload
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert path.parent.stat().st_mode & 0o777 == 0o750
+
+    storage = ingest.storages["default"]
+    assert ingest._store_on_disk(storage, attachment.file.name, b"other") is None  # exists: the caller decides
+    assert ingest._store(attachment.file.name, payload) == attachment.file.name  # right size: reused
+    assert path.read_bytes() == payload
+    assert ingest._store(attachment.file.name, b"shorter") == attachment.file.name  # wrong size: replaced
+    assert path.read_bytes() == b"shorter"
+    with pytest.raises(SuspiciousFileOperation):
+        ingest._store_on_disk(storage, "../outside.bin", b"x")
+    assert not (media_root.parent / "outside.bin").exists()
+
+
+def test_files_go_through_any_other_storage(account, inbox, settings):
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"}}
+    pdf = b"%PDF-1.4 in memory"
+    raws = [build_message(n, attachment=(f"offer-{n}.pdf", pdf + bytes([n]))) for n in range(1, 7)]
+    ingest_batch(account, inbox, fetched(raws), uidvalidity=7)
+
+    storage = ingest.storages["default"]
+    assert type(storage).__name__ == "InMemoryStorage"
+    for attachment in Attachment.objects.all():
+        with storage.open(attachment.file.name, "rb") as handle:
+            assert handle.read() == pdf + bytes([int(attachment.filename[6])])
+    assert Attachment.objects.count() == 6

@@ -52,9 +52,10 @@ except ImportError:  # Windows
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage, storages
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils._os import safe_makedirs
 from django.utils.text import get_valid_filename
 
 from crm.addresses import normalize_email
@@ -949,12 +950,21 @@ class _FileWriter:
                 jobs.append((key, 0, f"raw/{stem}.eml", self._raws[key]))
         if not jobs:
             return
-        # Small files, many syscalls each: a few threads overlap them (the GIL is released meanwhile).
+        storage = storages["default"]
+        local_disk = type(storage) is FileSystemStorage
+
+        def store(job: tuple[str, int, str, bytes]) -> str:
+            _key, _number, name, data = job
+            return (local_disk and _store_on_disk(storage, name, data)) or _store(name, data)
+
+        # A few threads overlap the waits: creating a file can wait for the file system's journal while
+        # the disk is busy (measured: 0.8 ms an open in one thread during a sync), an object storage
+        # answers over the network. The GIL is released meanwhile.
         if len(jobs) > 4:
             with ThreadPoolExecutor(max_workers=FILE_WRITERS) as executor:
-                names = list(executor.map(lambda job: _store(job[2], job[3]), jobs))
+                names = list(executor.map(store, jobs))
         else:
-            names = [_store(job[2], job[3]) for job in jobs]
+            names = [store(job) for job in jobs]
         for (key, number, _name, _data), stored in zip(jobs, names, strict=True):
             if number:
                 self.attachment_names[key][number - 1] = stored
@@ -975,6 +985,45 @@ def _safe_name(filename: str) -> str:
     except SuspiciousFileOperation:
         extension = ""
     return f"{stem}.{extension}" if extension else stem
+
+
+def _store_on_disk(storage: FileSystemStorage, name: str, data: bytes) -> str | None:
+    """What _store does, for a new file on a local disk: what FileSystemStorage.save does (a new file
+    only, O_EXCL; its directories, permissions and group), without its checks for an existing file,
+    its lock and its copy in chunks: about a third of the CPU time (measured: 33 -> 10 us a message of
+    generated mail). None when the file exists or cannot be made: the caller then goes through the
+    storage (_store: reuse, or replace, or another name), which says what is wrong."""
+    path = storage.path(name)  # SuspiciousFileOperation for a name that leaves MEDIA_ROOT
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        try:
+            handle = os.open(path, flags, 0o666)
+        except FileNotFoundError:
+            if storage.directory_permissions_mode is None:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            else:
+                safe_makedirs(os.path.dirname(path), storage.directory_permissions_mode, exist_ok=True)
+            handle = os.open(path, flags, 0o666)
+    except OSError:
+        return None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(handle, view) :]
+        if storage.file_permissions_mode is not None:
+            os.fchmod(handle, storage.file_permissions_mode)
+        if os.name == "posix":
+            group = os.stat(storage.location).st_gid
+            if os.fstat(handle).st_gid != group:
+                with contextlib.suppress(PermissionError):
+                    os.fchown(handle, -1, group)
+    except BaseException:
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
+    os.close(handle)
+    return name
 
 
 def _store(name: str, data: bytes) -> str:
