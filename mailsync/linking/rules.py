@@ -253,30 +253,34 @@ class OwnerData:
 def _link_batch(thread_ids: list[int]) -> None:
     without_jit()
     # Row locks serialise linking with a user's link / unlink on the same thread, so an unlink made
-    # while linking runs is never overwritten (services lock the thread the same way).
-    threads = list(
+    # while linking runs is never overwritten (services lock the thread the same way). Only the columns
+    # linking reads: model instances (with their owner joined) were most of this task's Python time
+    # after an initial sync's batch (issue 18).
+    rows = (
         EmailThread.objects.filter(pk__in=thread_ids)
-        .select_related("owner")
         .order_by("pk")
         .select_for_update(of=("self",))
+        .values_list("pk", "owner_id", "last_message_at")
     )
-    by_owner: dict[int, list[EmailThread]] = defaultdict(list)
-    for thread in threads:
-        by_owner[thread.owner_id].append(thread)
-    for owner_threads in by_owner.values():
-        _link_owner_threads(owner_threads[0].owner, owner_threads)
+    by_owner: dict[int, dict[int, datetime | None]] = defaultdict(dict)
+    for pk, owner_id, last_message_at in rows:
+        by_owner[owner_id][pk] = last_message_at
+    owners = User.objects.in_bulk(list(by_owner))
+    for owner_id, last_message_at in by_owner.items():
+        _link_owner_threads(owners[owner_id], last_message_at)
 
 
-def _link_owner_threads(owner: User, threads: list[EmailThread]) -> None:
-    data = _load(owner, [thread.pk for thread in threads])
-    data.last_message_at = {thread.pk: thread.last_message_at for thread in threads}
+def _link_owner_threads(owner: User, last_message_at: dict[int, datetime | None]) -> None:
+    """Link one owner's threads, given as thread id -> date of its latest message."""
+    data = _load(owner, list(last_message_at))
+    data.last_message_at = last_message_at
     to_create: list[ThreadLink] = []
     to_update: list[ThreadLink] = []
     to_delete: list[int] = []
     now = timezone.now()
-    for thread in threads:
-        existing = data.existing.get(thread.pk, {})
-        wanted = _wanted_links(data, thread.pk, existing)
+    for thread_id in last_message_at:
+        existing = data.existing.get(thread_id, {})
+        wanted = _wanted_links(data, thread_id, existing)
         for key, link in existing.items():
             if link.state == ThreadLink.State.UNLINKED or link.rule == MANUAL:
                 continue
@@ -293,7 +297,7 @@ def _link_owner_threads(owner: User, threads: list[EmailThread]) -> None:
             if (name, target_id) not in existing:
                 to_create.append(
                     ThreadLink(
-                        thread_id=thread.pk,
+                        thread_id=thread_id,
                         state=target.state,
                         rule=target.rule,
                         reason=target.reason,
@@ -318,10 +322,13 @@ def _load(owner: User, thread_ids: list[int]) -> OwnerData:
         .values_list("message__thread_id", "address")
         .distinct()
     )
+    normalized: dict[str, str] = {}  # the same people write in many threads
     for thread_id, address in rows:
-        address = normalize_email(address)
-        if address and address not in own:
-            participants[thread_id].add(address)
+        clean = normalized.get(address)
+        if clean is None:
+            clean = normalized[address] = normalize_email(address)
+        if clean and clean not in own:
+            participants[thread_id].add(clean)
 
     existing: dict[int, dict[tuple[str, int], ThreadLink]] = defaultdict(dict)
     for link in ThreadLink.objects.filter(thread_id__in=thread_ids):
