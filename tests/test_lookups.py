@@ -42,3 +42,26 @@ def test_short_lists_and_other_values_keep_djangos_in():
     assert "= ANY(" not in _sql(lambda: list(User.objects.filter(pk__in=[1, 2, 3])))
     assert "= ANY(" not in _sql(lambda: list(User.objects.filter(pk__in=User.objects.values("pk"))))
     assert list(User.objects.filter(pk__in=[None] * 5)) == []  # only NULLs: nothing, as Django does
+
+
+def test_long_lists_go_as_one_array_literal_written_by_join():
+    """Plain strings and ints are written in PostgreSQL's array syntax by str.join (each string quoted);
+    a string with a double quote or a backslash leaves the list to psycopg's adapter."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL arrays")
+    plain = [f"person{n}@x.test" for n in range(ARRAY_MIN_VALUES)]
+    sql = _sql(lambda: list(User.objects.filter(email__in=[*plain, "NULL", "", " spaced "])))
+    assert '= ANY(\'{"person0@x.test","person1@x.test",' in sql and ',"NULL",""," spaced "}\')' in sql
+    ids = list(range(1, ARRAY_MIN_VALUES + 1))
+    assert "= ANY('{1,2,3," in _sql(lambda: list(User.objects.filter(pk__in=ids)))
+    escaped = _sql(lambda: list(User.objects.filter(email__in=[*plain, 'quo"te@x.test'])))
+    assert '\\"' in escaped  # psycopg's escaping
+
+
+def test_strings_that_look_like_array_syntax_are_matched_literally(alice):
+    odd = ["NULL", " spaced ", "", "{}", "a,b", "x}y{z", "tab\there", "new\nline", "ünï"]
+    threads = [EmailThreadFactory(owner=alice, subject=subject) for subject in odd]
+    filler = [f"nobody {n}" for n in range(ARRAY_MIN_VALUES)]
+    found = set(EmailThread.objects.filter(subject__in=[*filler, *odd]).values_list("pk", flat=True))
+    assert found == {thread.pk for thread in threads}
+    assert not EmailThread.objects.filter(subject__in=[*filler, "null", "spaced", "{", "a", "b"]).exists()
