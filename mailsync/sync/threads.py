@@ -26,7 +26,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db import connection, models
 from django.db.models import Count, Max, Min, OuterRef, Q, Subquery
@@ -390,7 +390,7 @@ def insert_rows(
         for field in missing[: len(missing) - len(per_row)]
     ]
     order = [given[field.attname] for field in fields if field.attname in given]
-    names = [field.column for field in fields if field.attname in given] + [field.column for field in missing]
+    columns_in_order = [field for field in fields if field.attname in given] + missing
     ids: list[int] = []
     with connection.cursor() as cursor:
         if return_ids:
@@ -399,16 +399,52 @@ def insert_rows(
                 [meta.db_table, meta.pk.column, len(rows)],
             )
             ids = [pk for (pk,) in cursor.fetchall()]
-            names = [meta.pk.column, *names]
+            columns_in_order = [meta.pk, *columns_in_order]
         table = connection.ops.quote_name(meta.db_table)
-        column_list = ", ".join(connection.ops.quote_name(name) for name in names)
-        with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
+        column_list = ", ".join(connection.ops.quote_name(field.column) for field in columns_in_order)
+        types = _binary_copy_types(columns_in_order)
+        statement = f"COPY {table} ({column_list}) FROM STDIN" + (" (FORMAT BINARY)" if types else "")
+        # A naive datetime is UTC, as the text format reads it (Django's connections use UTC).
+        naive_checks = [i for i, name in enumerate(types or ()) if name == "timestamptz"]
+        with connection.wrap_database_errors, cursor.cursor.copy(statement) as copy:
+            if types:
+                copy.set_types(types)
             for number, row in enumerate(rows):
                 values = [row[index] for index in order]
                 values.extend(constants)
                 values.extend(field.get_db_prep_save(field.get_default(), connection) for field in per_row)
-                copy.write_row([ids[number], *values] if return_ids else values)
+                if return_ids:
+                    values.insert(0, ids[number])
+                for index in naive_checks:
+                    value = values[index]
+                    if value is not None and value.tzinfo is None:
+                        values[index] = value.replace(tzinfo=UTC)
+                copy.write_row(values)
     return ids
+
+
+# Column types COPY can receive in PostgreSQL's binary format from psycopg's dumpers of the values
+# insert_rows takes: no text escaping on either side and no parsing of numbers and dates by the server.
+_BINARY_COPY_TYPES = {
+    "bigint": "int8",
+    "integer": "int4",
+    "smallint": "int2",
+    "boolean": "bool",
+    "text": "text",
+    "timestamp with time zone": "timestamptz",
+}
+
+
+def _binary_copy_types(fields: Sequence[models.Field]) -> list[str] | None:
+    """psycopg type names for a binary COPY into these columns; None (text COPY) if one has another type."""
+    types = []
+    for column in fields:
+        db_type = column.db_type(connection) or ""
+        name = "text" if db_type.startswith("varchar(") else _BINARY_COPY_TYPES.get(db_type)
+        if name is None:
+            return None
+        types.append(name)
+    return types
 
 
 # --- internals ------------------------------------------------------------------------------------
