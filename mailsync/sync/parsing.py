@@ -121,16 +121,16 @@ class ParsedEmail:
 
     def participants(self) -> list[tuple[str, str, str]]:
         """(role, name, address) for every address header; roles match MessageParticipant.Role."""
-        rows = []
+        rows = [("from", name, address) for name, address in self.from_]
         for role, entries in (
-            ("from", self.from_),
             ("sender", self.sender),
             ("reply_to", self.reply_to),
             ("to", self.to),
             ("cc", self.cc),
             ("bcc", self.bcc),
         ):
-            rows.extend((role, name, address) for name, address in entries)
+            if entries:
+                rows += [(role, name, address) for name, address in entries]
         return rows
 
     def addresses(self) -> set[str]:
