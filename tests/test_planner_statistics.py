@@ -69,3 +69,13 @@ def test_a_failed_analyze_never_fails_the_sync(monkeypatch, caplog):
     assert tuning.refresh_statistics() == []
     assert "could not refresh the planner's statistics" in caplog.text
     assert EmailThread.objects.count() == 3 * tuning.STALE_ROWS  # the connection still works
+
+
+def test_rows_written_just_before_are_counted_without_waiting_for_the_statistics():
+    """A session's row counts reach pg_stat_user_tables at most once a second unless flushed: the rows of
+    the batch just written are counted all the same (refresh_statistics flushes them first)."""
+    owner = User.objects.create_user(email="stats@company.test", password="x")
+    tuning.refresh_statistics()
+    _flush_table_counters()  # the session's last flush is now: the next one would wait a second
+    EmailThread.objects.bulk_create(EmailThread(owner=owner, subject=f"t{n}") for n in range(3 * tuning.STALE_ROWS))
+    assert "mailsync_emailthread" in tuning.refresh_statistics()
