@@ -1011,7 +1011,10 @@ def _store_on_disk(storage: FileSystemStorage, name: str, data: bytes) -> str | 
         while view:
             view = view[os.write(handle, view) :]
         if storage.file_permissions_mode is not None:
-            os.fchmod(handle, storage.file_permissions_mode)
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle, storage.file_permissions_mode)
+            else:  # Windows before Python 3.13
+                os.chmod(path, storage.file_permissions_mode)
         if os.name == "posix":
             group = os.stat(storage.location).st_gid
             if os.fstat(handle).st_gid != group:
