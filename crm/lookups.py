@@ -37,6 +37,8 @@ _INTEGER_ARRAY_RHS = "ANY(%s::bigint[])"
 def _array_literal(values: list) -> tuple[str, object]:
     """(right-hand side, its one parameter) for `col = ANY(...)` of these ints or strings."""
     if type(values[0]) is int:
+        if min(values) < -(2**63) or max(values) >= 2**63:
+            return _ARRAY_RHS, values  # beyond bigint (a hostile id): psycopg's numeric array matches nothing
         return _INTEGER_ARRAY_RHS, "{" + ",".join(map(str, values)) + "}"
     every = "".join(values)
     if '"' in every or "\\" in every:

@@ -65,3 +65,9 @@ def test_strings_that_look_like_array_syntax_are_matched_literally(alice):
     found = set(EmailThread.objects.filter(subject__in=[*filler, *odd]).values_list("pk", flat=True))
     assert found == {thread.pk for thread in threads}
     assert not EmailThread.objects.filter(subject__in=[*filler, "null", "spaced", "{", "a", "b"]).exists()
+
+
+def test_ids_beyond_bigint_match_nothing_instead_of_failing(alice):
+    thread = EmailThreadFactory(owner=alice)
+    ids = [thread.pk, 2**70, *range(10**9, 10**9 + ARRAY_MIN_VALUES)]
+    assert list(EmailThread.objects.filter(pk__in=ids).values_list("pk", flat=True)) == [thread.pk]
