@@ -22,6 +22,40 @@ def pytest_configure(config):
     app.conf.task_eager_propagates = True
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test databases, and at the end no session of this run left on them: a thread's
+    or a child process's connection still open made dropping the database fail ("being accessed by
+    other users"). Such a session is named in a warning, then ended."""
+    yield
+    with django_db_blocker.unblock():
+        _end_leftover_sessions()
+
+
+def _end_leftover_sessions() -> None:
+    import time
+    import warnings
+
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    query = (
+        "SELECT pid, application_name, backend_start, state, left(query, 120) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with connection.cursor() as cursor:
+        for _attempt in range(20):  # a child process may be exiting: up to 2 s
+            cursor.execute(query)
+            leftover = cursor.fetchall()
+            if not leftover:
+                return
+            time.sleep(0.1)
+        for row in leftover:
+            warnings.warn(f"test database session left open at the end of the run, ended: {row}", stacklevel=1)
+        cursor.execute(f"SELECT pg_terminate_backend(pid) FROM ({query}) AS leftover")  # noqa: S608 (constant)
+
+
 @pytest.fixture(autouse=True)
 def allow_private_mail_hosts(settings):
     # The suite's mail servers (Dovecot, aiosmtpd, misbehaving servers) listen on 127.0.0.1, which the
