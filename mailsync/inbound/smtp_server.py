@@ -21,14 +21,16 @@ neither connections nor threads grow with the number of users.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from crm.addresses import domain_of
 from mailsync.sync.parsing import parse_message
@@ -112,6 +114,7 @@ class SmartBccHandler:
     def __init__(self, config: ReceiverConfig, *, resolver: Resolver | None = None, workers: int = WORKERS):
         self.config = config
         self.resolver = resolver
+        self.workers = workers
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smart-bcc")
 
     async def _run(self, function, *args):
@@ -150,6 +153,17 @@ class SmartBccHandler:
         return "250 2.0.0 Message accepted"
 
     def close(self) -> None:
+        """Stop the pool; each of its threads first closes its database connection (kept between
+        messages, CONN_MAX_AGE), which would otherwise stay open after the threads are gone."""
+        barrier = threading.Barrier(self.workers, timeout=5)
+
+        def close_connection() -> None:
+            connections.close_all()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()  # one job per thread: none takes a second one while the others run
+
+        for _ in range(self.workers):
+            self.executor.submit(close_connection)
         self.executor.shutdown(wait=True)
 
 
