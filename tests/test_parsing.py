@@ -1,6 +1,8 @@
 """mailsync.sync.parsing: bytes -> ParsedEmail, on the real-world corpus and on crafted edge cases."""
 # ruff: noqa: RUF001  (the test data is deliberately multilingual: dashes, Hebrew, full-width commas)
 
+import base64
+import binascii
 import email
 import email.utils
 import hashlib
@@ -13,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from crm.addresses import plain_addresses
-from mailsync.mailboxes.words import SEARCH_WORD_CHARS, distinct_terms, search_words
+from mailsync.mailboxes.words import CJK_RUN_RE, SEARCH_WORD_CHARS, distinct_terms, search_words
 from mailsync.sync.parsing import (
     RECEIVED,
     SENT,
     ParsedEmail,
     _fast_parse,
     _fix_8bit,
+    _lenient_base64,
     _lf_line_ends,
     _parse,
     _Unusual,
@@ -375,6 +378,61 @@ def test_base64_text_in_windows_1252_and_quoted_printable_utf8():
     assert qp.body_text == "Grüße aus Köln"
 
 
+def _binascii_only_base64(data: bytes) -> bytes:
+    """_lenient_base64 before pybase64: binascii alone (the reference the fast path must agree with)."""
+    try:
+        return binascii.a2b_base64(data)
+    except binascii.Error:
+        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+        cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
+        try:
+            return binascii.a2b_base64(cleaned)
+        except binascii.Error:
+            return data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"JVBERi0xLjQK",
+        b"JVBERi0xLjQK\r\n",
+        b"SGVsbG8=\r\n",
+        b"SGVsbG8=\r\nV29ybGQ=\r\n",  # two padded chunks glued: binascii stops at the first padding
+        b"SGVs bG8=",  # a space inside
+        b"SGVsbG8",  # padding missing
+        b"SGVsbG8===",
+        b"S",
+        b"SGVs\x00bG8=",
+        b"SGVs-bG8_",  # URL-safe characters
+        b"not base64 at all!",
+        b"=SGVsbG8",
+        b"SGVsbG8=trailing",
+        b"\r\n\r\nSGVsbG8=\r\n\r\n",
+        b"SGVs\rbG8=\n",  # bare CR and bare LF line breaks
+    ],
+)
+def test_base64_bodies_decode_as_binascii_decodes_them(data):
+    assert _lenient_base64(data) == _binascii_only_base64(data)
+
+
+def test_base64_bodies_decode_as_binascii_decodes_them_random():
+    rng = random.Random(1818)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+    for _ in range(3000):
+        payload = rng.randbytes(rng.randrange(0, 300))
+        encoded = bytearray(base64.encodebytes(payload).replace(b"\n", b"\r\n"))
+        for _ in range(rng.choice((0, 0, 1, 2))):  # some left intact, others damaged in one or two places
+            where = rng.randrange(len(encoded) + 1)
+            change = rng.choice((b" ", b"=", b"\n", b"\r", b"-", b"\x00", bytes([rng.choice(alphabet)])))
+            if rng.random() < 0.5 and where < len(encoded):
+                encoded[where : where + 1] = change
+            else:
+                encoded[where:where] = change
+        data = bytes(encoded)
+        assert _lenient_base64(data) == _binascii_only_base64(data), data
+
+
 def test_attachment_from_multipart_message():
     body = (
         "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee attached\r\n"
@@ -630,6 +688,34 @@ def test_search_words_ascii_shortcut_matches_the_unicode_rule_on_random_text():
             text += " " + "a1" * rng.randint(45, 55) + " " + text  # words around the length limit, repeats
         expected = [word for word in dict.fromkeys(search_words(text)) if len(word) <= SEARCH_WORD_CHARS]
         assert distinct_terms(text) == " ".join(expected), text
+
+
+def _regex_only_terms(text: str) -> str:
+    """distinct_terms of non-ASCII text as the expressions alone give it (the reference of the shortcut)."""
+    text = text.lower()
+    terms = dict.fromkeys(search_words(text))
+    for word in [word for word in terms if len(word) > SEARCH_WORD_CHARS]:
+        del terms[word]
+    for run in CJK_RUN_RE.findall(text):
+        for start in range(len(run)):
+            terms[run[start : start + 2]] = None
+    return " ".join(terms)
+
+
+def test_search_words_of_mixed_text_match_the_unicode_rule_on_random_text():
+    rng = random.Random(1812)
+    pieces = [
+        *string.ascii_letters, *string.digits, *" _-.,;:@/\t\n'\"", "é", "ü", "ß", "İ", "Σ", "ς", "\u00a0", "\u2014",
+        "\u201c", "\u201d", "\u2019", "ë", "e\u0301", "ש", "ל", "ו", "م", "ر", "٣", "会", "議", "で", "す", "カ", "タ",
+        "・", "゠", "ー", "한", "국", "\uff01", "\u3000", "😀", "\u200b", "\ufeff", "Ⅻ", "²",
+        "a" * 60, "é" * 60, "会" * 3,
+    ]  # fmt: skip
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 120)))
+        if rng.random() < 0.3:
+            text += " " + text[: rng.randint(0, len(text))]  # repeated words and runs
+        assert distinct_terms(text) == _regex_only_terms(text), repr(text)
+    assert distinct_terms("caf\udce9 Zürich") == _regex_only_terms("caf\udce9 Zürich")  # lone surrogate: no shortcut
 
 
 def test_search_words_give_the_pieces_of_cjk_runs():
