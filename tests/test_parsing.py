@@ -160,6 +160,56 @@ def test_fast_path_leaves_odd_structures_to_the_stdlib():
         assert comparable(parse_message(raw)) == comparable(stdlib)
 
 
+def _random_mime_body(rng: random.Random, depth: int) -> tuple[str, str]:
+    """(Content-Type value, body) of a random MIME structure: nested multiparts, enclosed messages,
+    empty parts, preambles and epilogues, delimiters with trailing blanks, parts without headers."""
+    kinds = ["text", "text", "html", "base64", "multipart", "multipart", "message"]
+    kind = rng.choice(kinds if depth < 4 else ["text"])
+    if kind == "text":
+        return "text/plain; charset=utf-8", rng.choice(["", "plain words", "line one\r\nline two\r\n", "--x-ish"])
+    if kind == "html":
+        return 'text/html; charset="utf-8"', "<p>Hello <b>there</b></p>"
+    if kind == "base64":
+        data = base64.encodebytes(rng.randbytes(rng.randrange(0, 120))).decode().replace("\n", "\r\n")
+        return 'application/octet-stream; name="f.bin"', "Content-Transfer-Encoding: base64\r\n\r\n" + data
+    if kind == "message":
+        inner_type, inner_body = _random_mime_body(rng, depth + 1)
+        return "message/rfc822", f"Subject: inner\r\nContent-Type: {inner_type}\r\n\r\n{inner_body}"
+    boundary = f"b{depth}{rng.randrange(1000)}"
+    subtype = rng.choice(["mixed", "alternative", "related"])
+    chunks = [rng.choice(["", "preamble text\r\n"])]
+    for _ in range(rng.randrange(1, 4)):
+        if rng.random() < 0.15:
+            chunks.append(f"--{boundary}{rng.choice(['', ' ', chr(9)])}\r\n\r\n")  # a part with no headers
+            continue
+        part_type, part_body = _random_mime_body(rng, depth + 1)
+        separator = "" if part_body.startswith("Content-Transfer-Encoding") else "\r\n"  # its own header
+        chunks.append(f"--{boundary}\r\nContent-Type: {part_type}\r\n{separator}{part_body}\r\n")
+    chunks.append(f"--{boundary}--" + rng.choice(["", "\r\n", "\r\nepilogue\r\n"]))
+    return f'multipart/{subtype}; boundary="{boundary}"', "".join(chunks)
+
+
+def test_fast_mime_path_gives_the_same_result_as_the_stdlib_path_on_random_structures():
+    rng = random.Random(1848)
+    fast_taken = 0
+    for _ in range(400):
+        content_type, body = _random_mime_body(rng, 0)
+        cte = "8bit"
+        if body.startswith("Content-Transfer-Encoding: base64"):
+            cte, body = "base64", body.split("\r\n\r\n", 1)[1]
+        raw = build(content_type=content_type, body=body, cte=cte)
+        if rng.random() < 0.2:
+            raw = b"From ann@example.com Tue Mar  4 10:00:00 2025\r\n" + raw  # an mbox envelope line
+        try:
+            _fast_parse(raw, bare_cr=False)
+            fast_taken += 1
+        except _Unusual:
+            pass
+        fast, stdlib = _parse(raw, frozenset(), fast=True), _parse(raw, frozenset(), fast=False)
+        assert comparable(fast) == comparable(stdlib), raw
+    assert fast_taken > 300  # the structures are well-formed: the fast path takes nearly all of them
+
+
 def test_legacy_iso_2022_jp_with_windows_extensions_is_decoded():
     # "ЖД№41 от 28.09.2016": the № is an NEC extension only CP50220 decoders know.
     parsed = parse_message(corpus("php-mime-mail-parser/issue116"))

@@ -1037,18 +1037,25 @@ def _fast_parse(raw: bytes, *, bare_cr: bool) -> _FastPart:
     not followed by LF (_lf_line_ends)."""
     if bare_cr:
         raise _Unusual  # bare CRs are line breaks to the stdlib; leave those messages to it
+    start = 0
     if raw.startswith(b"From "):  # mbox envelope line, as the stdlib skips it
         newline = raw.find(b"\n")
         if newline < 0:
             raise _Unusual
-        raw = raw[newline + 1 :]
-    return _fast_part(raw, 0, "text/plain")
+        start = newline + 1
+    return _fast_part(raw, start, len(raw), 0, "text/plain")
 
 
-def _fast_part(data: bytes, depth: int, default_type: str) -> _FastPart:
+# The splitter works on offsets into the message (start, end) and copies only what it keeps (header
+# blocks, leaf payloads, enclosed messages): slicing each level's body copied most of the message once
+# per level of nesting.
+
+
+def _fast_part(data: bytes, start: int, end: int, depth: int, default_type: str) -> _FastPart:
+    """The part in data[start:end]."""
     if depth > MAX_MIME_DEPTH:
         raise _Unusual
-    head, body = _fast_split_head(data)
+    head, body_start = _fast_split_head(data, start, end)
     part = _FastPart(_fast_headers(head), default_type)
     ctype = part.content_type
     cte = (_first_header(part._headers, "content-transfer-encoding") or "").strip().lower()
@@ -1059,13 +1066,15 @@ def _fast_part(data: bytes, depth: int, default_type: str) -> _FastPart:
         if not _CLEAN_BOUNDARY.search(_FOLD.sub(" ", _first_header(part._headers, "content-type") or "")):
             raise _Unusual  # e.g. 'boundary="x"junk': the stdlib reads such values differently
         part._payload = [
-            _fast_part(chunk, depth + 1, "text/plain") for chunk in _fast_split_multipart(body, boundary.encode())
+            _fast_part(data, chunk_start, chunk_end, depth + 1, "text/plain")
+            for chunk_start, chunk_end in _fast_split_multipart(data, body_start, end, boundary.encode())
         ]
     elif ctype.startswith("message/"):
         if cte not in _PASSTHROUGH_CTE:
             raise _Unusual
+        body = data[body_start:end]
         if ctype in ("message/rfc822", "message/global", "message/news"):
-            inner = _FastPart(_fast_headers(_fast_split_head(body)[0]))
+            inner = _FastPart(_fast_headers(_fast_split_head(body, 0, len(body))[0]))
             inner._payload = body
             part._payload = [inner]
         elif ctype in _STATUS_TYPES:
@@ -1076,22 +1085,23 @@ def _fast_part(data: bytes, depth: int, default_type: str) -> _FastPart:
     else:
         if "uu" in cte:
             raise _Unusual
-        part._payload = body
+        part._payload = data[body_start:end]
     return part
 
 
-def _fast_split_head(data: bytes) -> tuple[bytes, bytes]:
-    if data[:1] in (b"\n", b"\r"):
+def _fast_split_head(data: bytes, start: int, end: int) -> tuple[bytes, int]:
+    """(the header block of the part in data[start:end], where its body starts)."""
+    if start < end and data[start] in (10, 13):
         raise _Unusual  # no header block: the stdlib's salvage rules apply
-    crlf = data.find(b"\n\r\n")
+    crlf = data.find(b"\n\r\n", start, end)
     # An LF-only blank line counts only before the first CRLF one: looked for there alone, not in the
     # whole of a CRLF part's body (where it never is, and the search would read every byte).
-    lf = data.find(b"\n\n", 0, crlf + 1) if crlf >= 0 else data.find(b"\n\n")
+    lf = data.find(b"\n\n", start, crlf + 1) if crlf >= 0 else data.find(b"\n\n", start, end)
     if lf < 0 and crlf < 0:
-        return data, b""
+        return data[start:end], end
     if crlf < 0 or (0 <= lf < crlf):
-        return data[: lf + 1], data[lf + 2 :]
-    return data[: crlf + 1], data[crlf + 3 :]
+        return data[start : lf + 1], lf + 2
+    return data[start : crlf + 1], crlf + 3
 
 
 def _fast_headers(head: bytes) -> list[tuple[str, str]]:
@@ -1127,22 +1137,22 @@ def _fast_header(name: bytes, pieces: list[bytes]) -> tuple[str, str]:
     return name.decode("ascii"), value.decode("ascii", "surrogateescape")
 
 
-def _fast_split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
-    """Parts between delimiter lines ("--boundary", then optional "--", blanks, end of line). The line
-    break before a delimiter belongs to it (RFC 2046). No opening or closing delimiter: _Unusual."""
+def _fast_split_multipart(body: bytes, start: int, length: int, boundary: bytes) -> list[tuple[int, int]]:
+    """(start, end) of the parts of the multipart body in body[start:length], between delimiter lines
+    ("--boundary", then optional "--", blanks, end of line). The line break before a delimiter belongs
+    to it (RFC 2046). No opening or closing delimiter: _Unusual."""
     delimiter = b"--" + boundary
     marks: list[tuple[int, int, bool]] = []  # (line start, start of the next line, closing?)
-    position = 0
-    length = len(body)
+    position = start
     while True:
-        index = body.find(delimiter, position)
+        index = body.find(delimiter, position, length)
         if index < 0:
             break
         position = index + len(delimiter)
-        if index > 0 and body[index - 1] != 10:  # not at the start of a line
+        if index > start and body[index - 1] != 10:  # not at the start of a line
             continue
         cursor = position
-        closing = body.startswith(b"--", cursor)
+        closing = body.startswith(b"--", cursor, length)
         if closing:
             cursor += 2
         while cursor < length and body[cursor] in (32, 9):
@@ -1156,7 +1166,7 @@ def _fast_split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
             break
     if not marks or marks[0][2] or not marks[-1][2]:
         raise _Unusual
-    if _MIME_IN_PREAMBLE.search(body, 0, marks[0][0]):
+    if _MIME_IN_PREAMBLE.search(body, start, marks[0][0]):
         raise _Unusual  # MIME headers before the first delimiter: a broken structure, not a preamble
     parts = []
     for (_start, content_start, _closing), (next_start, _next_content, _next_closing) in itertools.pairwise(marks):
@@ -1165,7 +1175,7 @@ def _fast_split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
             end -= 1
             if end > content_start and body[end - 1] == 13:
                 end -= 1
-        parts.append(body[content_start:end])
+        parts.append((content_start, end))
     return parts
 
 
@@ -1464,7 +1474,9 @@ def _params(raw_value: str) -> dict[str, str]:
     for name, value in _PARAM.findall(_FOLD.sub("", raw_value)):
         value = value.strip()
         if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1] if value.endswith('"') and len(value) > 1 else value[1:])
+            value = value[1:-1] if value.endswith('"') and len(value) > 1 else value[1:]
+            if "\\" in value:
+                value = re.sub(r"\\(.)", r"\1", value)
         pairs.append((name.lower(), value))
     if all(_plain_param(name, value) for name, value in pairs):
         result = {}
