@@ -20,6 +20,7 @@ from mailsync.sync.parsing import (
     RECEIVED,
     SENT,
     ParsedEmail,
+    _fast_headers,
     _fast_parse,
     _fix_8bit,
     _lenient_base64,
@@ -208,6 +209,29 @@ def test_fast_mime_path_gives_the_same_result_as_the_stdlib_path_on_random_struc
         fast, stdlib = _parse(raw, frozenset(), fast=True), _parse(raw, frozenset(), fast=False)
         assert comparable(fast) == comparable(stdlib), raw
     assert fast_taken > 300  # the structures are well-formed: the fast path takes nearly all of them
+
+
+def test_fast_header_block_reading_matches_the_stdlib_on_random_blocks():
+    rng = random.Random(1850)
+    taken = 0
+    values = ["", " ", "plain", "two  words ", "caf\xc3\xa9", "=?utf-8?q?x?=", "a:b", "\t", "x\r"]
+    for _ in range(1000):
+        lines = []
+        for index in range(rng.randrange(1, 6)):
+            lines.append(
+                f"X-H{index}:{rng.choice(['', ' ', '  ', chr(9)])}".encode() + rng.choice(values).encode("latin-1")
+            )
+            for _fold in range(rng.choice((0, 0, 1, 2))):
+                lines.append(rng.choice((b" ", b"\t", b"  ")) + rng.choice(values).encode("latin-1"))
+        head = b"".join(line + b"\r\n" for line in lines)
+        expected = list(email.message_from_bytes(head + b"\r\n").raw_items())
+        try:
+            fast = _fast_headers(head)
+        except _Unusual:  # the fast path may decline (a CR inside a line); it must never differ
+            continue
+        assert fast == expected, head
+        taken += 1
+    assert taken > 500
 
 
 def test_legacy_iso_2022_jp_with_windows_extensions_is_decoded():

@@ -1108,33 +1108,35 @@ def _fast_headers(head: bytes) -> list[tuple[str, str]]:
     """compat32 header semantics: the value keeps its folding, minus leading blanks and the final EOL."""
     headers: list[tuple[str, str]] = []
     name = b""
-    pieces: list[bytes] = []
+    first = b""  # the value on the header's own line
+    folded: list[bytes] = []  # its continuation lines
     lines = head.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     for line in lines:
-        if b"\r" in line[:-1]:
+        if line.find(b"\r", 0, len(line) - 1) >= 0:
             raise _Unusual  # CR-only line ends
         if line[:1] in (b" ", b"\t"):
             if not name:
                 raise _Unusual
-            pieces.append(line + b"\n")
+            folded.append(line)
             continue
         match = _HEADER_NAME.match(line)
         if not match:
             raise _Unusual
         if name:
-            headers.append(_fast_header(name, pieces))
+            headers.append(_fast_header(name, first, folded))
         name = line[: match.end() - 1]
-        pieces = [line[match.end() :].lstrip(b" \t") + b"\n"]
+        first = line[match.end() :].lstrip(b" \t")
+        folded = []
     if name:
-        headers.append(_fast_header(name, pieces))
+        headers.append(_fast_header(name, first, folded))
     return headers
 
 
-def _fast_header(name: bytes, pieces: list[bytes]) -> tuple[str, str]:
-    value = b"".join(pieces).rstrip(b"\r\n")
-    return name.decode("ascii"), value.decode("ascii", "surrogateescape")
+def _fast_header(name: bytes, first: bytes, folded: list[bytes]) -> tuple[str, str]:
+    value = b"\n".join((first, *folded)) if folded else first
+    return name.decode("ascii"), value.rstrip(b"\r\n").decode("ascii", "surrogateescape")
 
 
 def _fast_split_multipart(body: bytes, start: int, length: int, boundary: bytes) -> list[tuple[int, int]]:
