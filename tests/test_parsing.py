@@ -23,6 +23,7 @@ from mailsync.sync.parsing import (
     _fast_headers,
     _fast_parse,
     _fix_8bit,
+    _has_quoted_line,
     _lenient_base64,
     _lf_line_ends,
     _parse,
@@ -232,6 +233,17 @@ def test_fast_header_block_reading_matches_the_stdlib_on_random_blocks():
         assert fast == expected, head
         taken += 1
     assert taken > 500
+
+
+def test_quoted_line_check_matches_the_two_byte_search():
+    rng = random.Random(1851)
+    for _ in range(3000):
+        data = bytes(rng.choice(b"ab>>\n \r") for _ in range(rng.randrange(0, 400)))
+        if rng.random() < 0.3:
+            data = b"x>" * rng.randrange(60, 70) + data  # past the 64 ">" the one-byte search looks at
+        start = rng.randrange(0, len(data) + 1)
+        expected = data.startswith(b">", start) or data.find(b"\n>", start) >= 0
+        assert _has_quoted_line(data, start) is expected, (data, start)
 
 
 def test_legacy_iso_2022_jp_with_windows_extensions_is_decoded():

@@ -309,7 +309,7 @@ def _fingerprint(data: bytes, bare_cr: bool) -> str:
     digest.update(b"\n\n")
     # The body without its trailing blank lines, un-quoted where a line starts with ">...From "; hashed
     # in place (no copy) when no line starts with ">", which the un-quoting needs.
-    if data.startswith(b">", start) or data.find(b"\n>", start) >= 0:
+    if _has_quoted_line(data, start):
         digest.update(_ESCAPED_FROM.sub(rb"\1", data[start:]).rstrip(b"\n"))
     else:
         stop = len(data)
@@ -319,6 +319,22 @@ def _fingerprint(data: bytes, bare_cr: bool) -> str:
             stop -= 1
         digest.update(memoryview(data)[start:stop])
     return digest.hexdigest()
+
+
+def _has_quoted_line(data: bytes, start: int) -> bool:
+    """Whether a line of data[start:] starts with ">" (data[start - 1] is a line break, or start is 0):
+    data.startswith(b">", start) or data.find(b"\n>", start) >= 0, answered from the first few ">"
+    with one-byte searches (memchr: ~20x faster than a search for two bytes, which reads the whole
+    body of most mail to find nothing); after 64 ">" that start no line (HTML), the two-byte search
+    takes over from there, so the cost stays linear."""
+    position = data.find(b">", start)
+    for _ in range(64):
+        if position < 0:
+            return False
+        if position == start or data[position - 1] == 10:
+            return True
+        position = data.find(b">", position + 1)
+    return position >= 0 and data.find(b"\n>", position - 1) >= 0
 
 
 def message_id_from_header(head: bytes) -> str:
