@@ -104,7 +104,8 @@ def _write_documents(ids: list[int]) -> int:
             INSERT INTO {_DOCUMENTS} (entry_id, document)
             SELECT grouped.id,
                    array_to_tsvector(array_remove(string_to_array(grouped.terms, ' '), ''))
-                   || strip(to_tsvector('simple', grouped.text || ' ' || mailsync_cjk_terms(grouped.text)))
+                   || CASE WHEN grouped.text = '' THEN ''::tsvector  -- every message has its words (new mail)
+                      ELSE strip(to_tsvector('simple', grouped.text || ' ' || mailsync_cjk_terms(grouped.text))) END
             FROM (
             SELECT e.id,
                    left(coalesce(string_agg(message.search_terms, ' '), ''), %(total_chars)s) AS terms,
