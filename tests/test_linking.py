@@ -485,3 +485,33 @@ def test_relinking_is_idempotent(alice):
     link_threads([thread.pk for thread in threads])
     after = list(ThreadLink.objects.order_by("pk").values("pk", "state", "rule", "reason", "updated_at"))
     assert before == after
+
+
+def test_thread_participants_query_gives_what_the_orm_query_gives(alice, bob):
+    """The PostgreSQL statement of the linking's participant read (an index lookup per message) against
+    the ORM query it replaces there (and which other databases run)."""
+    from mailsync.linking.rules import _thread_participants
+    from mailsync.models import MessageParticipant
+
+    first = create_thread(alice, sender=ANN, to=["x@acme.example", "alice@company.test"], cc=[ANN])
+    create_message(first, sender="x@acme.example", to=[ANN, "y@other.example"])
+    gone = create_message(first, sender="deleted@else.example", to=["z@else.example"])
+    gone.deleted_at = timezone.now()
+    gone.save(update_fields=["deleted_at"])
+    second = create_thread(alice, sender="y@other.example", to=[ANN])
+    empty = create_thread(alice, sender="q@quiet.example")
+    MessageParticipant.objects.filter(message__thread=empty).delete()  # a message without participants
+    elsewhere = create_thread(bob, sender="b@bob.example")  # not asked for
+    asked = [first.pk, second.pk, empty.pk]
+
+    orm = set(
+        MessageParticipant.objects.filter(message__thread_id__in=asked, message__deleted_at__isnull=True)
+        .values_list("message__thread_id", "address")
+        .distinct()
+    )
+    rows = list(_thread_participants(asked))
+    assert len(rows) == len(set(rows))  # distinct
+    assert set(rows) == orm
+    assert "deleted@else.example" not in {address for _thread, address in rows}
+    assert elsewhere.pk not in {thread for thread, _address in rows}
+    assert list(_thread_participants([])) == []

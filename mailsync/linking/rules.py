@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -44,7 +44,15 @@ from crm.params import parse_id
 from deals.models import Deal
 from leads.models import Lead
 from mailsync.mailboxes.tuning import without_jit
-from mailsync.models import AccountAddress, EmailAccount, EmailThread, MailSettings, MessageParticipant, ThreadLink
+from mailsync.models import (
+    AccountAddress,
+    EmailAccount,
+    EmailMessage,
+    EmailThread,
+    MailSettings,
+    MessageParticipant,
+    ThreadLink,
+)
 from projects.models import Project
 
 from .access import thread_links_for_user
@@ -313,15 +321,38 @@ def _link_owner_threads(owner: User, last_message_at: dict[int, datetime | None]
         ThreadLink.objects.bulk_create(to_create, ignore_conflicts=True)
 
 
-def _load(owner: User, thread_ids: list[int]) -> OwnerData:
-    own = own_addresses(owner)
-    mail_settings = MailSettings.objects.filter(user=owner).first()
-    participants: dict[int, set[str]] = defaultdict(set)
-    rows = (
+def _thread_participants(thread_ids: list[int]) -> Iterable[tuple[int, str]]:
+    """The distinct (thread id, address) of the stored, not deleted messages of these threads."""
+    if connection.vendor == "postgresql":
+        # Each message's participants by its index, whatever the planner thinks of the tables' sizes: it
+        # preferred a hash join over every participant of the database (a sequential scan growing with
+        # the mailbox: 5-25 ms a batch at 50,000 messages) to a few index lookups per message.
+        # OFFSET 0 keeps the subquery a per-message lookup.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                SELECT DISTINCT m.thread_id, p.address
+                FROM {EmailMessage._meta.db_table} m
+                CROSS JOIN LATERAL (
+                    SELECT address FROM {MessageParticipant._meta.db_table} WHERE message_id = m.id OFFSET 0
+                ) p
+                WHERE m.thread_id = ANY(%s) AND m.deleted_at IS NULL
+                """,  # noqa: S608 (table names from the models; values are parameters)
+                [list(thread_ids)],
+            )
+            return cursor.fetchall()
+    return (
         MessageParticipant.objects.filter(message__thread_id__in=thread_ids, message__deleted_at__isnull=True)
         .values_list("message__thread_id", "address")
         .distinct()
     )
+
+
+def _load(owner: User, thread_ids: list[int]) -> OwnerData:
+    own = own_addresses(owner)
+    mail_settings = MailSettings.objects.filter(user=owner).first()
+    participants: dict[int, set[str]] = defaultdict(set)
+    rows = _thread_participants(thread_ids)
     normalized: dict[str, str] = {}  # the same people write in many threads
     for thread_id, address in rows:
         clean = normalized.get(address)
