@@ -79,3 +79,35 @@ def test_rows_written_just_before_are_counted_without_waiting_for_the_statistics
     _flush_table_counters()  # the session's last flush is now: the next one would wait a second
     EmailThread.objects.bulk_create(EmailThread(owner=owner, subject=f"t{n}") for n in range(3 * tuning.STALE_ROWS))
     assert "mailsync_emailthread" in tuning.refresh_statistics()
+
+
+def _setting(name: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting(%s)", [name])
+        return cursor.fetchone()[0]
+
+
+def test_bulk_write_transactions_price_index_lookups_as_in_memory_and_only_they():
+    before = _setting("random_page_cost")
+    with transaction.atomic():
+        tuning.without_jit()
+        assert float(_setting("random_page_cost")) == tuning.INDEX_LOOKUP_PAGE_COST
+        assert _setting("jit") == "off"
+    assert _setting("random_page_cost") == before  # SET LOCAL: the session's own value is back
+    with transaction.atomic():
+        tuning.tune_bulk_write(lz4_bodies=True)
+        assert float(_setting("random_page_cost")) == tuning.INDEX_LOOKUP_PAGE_COST
+    tuning.tune_bulk_write(lz4_bodies=False)  # outside a transaction: nothing to set
+    assert _setting("random_page_cost") == before
+
+
+def test_a_lower_random_page_cost_of_the_server_is_kept():
+    with connection.cursor() as cursor:
+        cursor.execute("SET random_page_cost = 0.5")
+    try:
+        with transaction.atomic():
+            tuning.without_jit()
+            assert float(_setting("random_page_cost")) == 0.5
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET random_page_cost")

@@ -64,7 +64,7 @@ from mailsync.linking import tasks as linking_tasks
 from mailsync.linking.rules import own_addresses
 from mailsync.mailboxes.locks import lock_owner_mail
 from mailsync.mailboxes.placement import place, refresh_mailboxes
-from mailsync.mailboxes.tuning import tune_bulk_write
+from mailsync.mailboxes.tuning import tune_bulk_write, without_jit
 from mailsync.models import (
     Attachment,
     EmailAccount,
@@ -424,12 +424,14 @@ def ingest_batch(
         return IngestResult()
 
     keys = {item.message_key for item in parsed}
-    stored_before = {
-        identity_of(key, content_hash)
-        for key, content_hash in EmailMessage.objects.filter(account=account, message_key__in=keys).values_list(
-            "message_key", "content_hash"
-        )
-    }
+    with transaction.atomic():  # a read, planned as the batch's others (tuning: index lookups)
+        without_jit()
+        stored_before = {
+            identity_of(key, content_hash)
+            for key, content_hash in EmailMessage.objects.filter(account=account, message_key__in=keys).values_list(
+                "message_key", "content_hash"
+            )
+        }
     files = _FileWriter(account)
     for item, parsed_item in zip(fetched, parsed, strict=True):
         if parsed_item.parse_error:
@@ -487,6 +489,7 @@ def _write_batch(
     result = IngestResult()
     with transaction.atomic():
         lock_owner_mail(account.user_id)
+        tune_bulk_write(lz4_bodies=True)  # before the lookups, the inserts and the set-based follow-ups
         match = match_identities(account, folder, uidvalidity, fetched, parsed)
         new_positions = match.new_positions
 
@@ -504,7 +507,6 @@ def _write_batch(
             _message_row(account, parsed[p], fetched[p], thread_id, date, files, sent_folder, now, folder)
             for p, thread_id, date in zip(new_positions, assignment.thread_ids, dates, strict=True)
         ]
-        tune_bulk_write(lz4_bodies=bool(rows))  # before the inserts and the set-based follow-ups
         created_ids = insert_rows(EmailMessage, MESSAGE_COLUMNS, rows, return_ids=True)
         for position, pk in zip(new_positions, created_ids, strict=True):
             match.claim(position, pk)
