@@ -90,7 +90,7 @@ def _setting(name: str) -> str:
 def test_bulk_write_transactions_price_index_lookups_as_in_memory_and_only_they():
     before = _setting("random_page_cost")
     with transaction.atomic():
-        tuning.without_jit()
+        tuning.tune_planner()
         assert float(_setting("random_page_cost")) == tuning.INDEX_LOOKUP_PAGE_COST
         assert _setting("jit") == "off"
     assert _setting("random_page_cost") == before  # SET LOCAL: the session's own value is back
@@ -106,7 +106,7 @@ def test_a_lower_random_page_cost_of_the_server_is_kept():
         cursor.execute("SET random_page_cost = 0.5")
     try:
         with transaction.atomic():
-            tuning.without_jit()
+            tuning.tune_planner()
             assert float(_setting("random_page_cost")) == 0.5
     finally:
         with connection.cursor() as cursor:

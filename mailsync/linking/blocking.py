@@ -29,7 +29,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from crm.addresses import normalize_domain, normalize_email
 from crm.models import User
 from mailsync.mailboxes.placement import refresh_user_mailboxes
-from mailsync.mailboxes.tuning import without_jit
+from mailsync.mailboxes.tuning import tune_planner
 from mailsync.models import BlockedAddress, EmailMessage, EmailThread, MessageParticipant
 
 from .rules import own_addresses
@@ -154,7 +154,7 @@ def recompute_blocked(user: User, *, thread_ids: Iterable[int] | None = None) ->
 @transaction.atomic
 def recompute_blocked_for_threads(thread_ids: Iterable[int]) -> None:
     """For ingestion: set `is_blocked` on the messages of these (new or changed) threads."""
-    without_jit()  # index lookups by thread id (a batch's ~1,000 threads were a scan of them all)
+    tune_planner()  # index lookups by thread id (a batch's ~1,000 threads were a scan of them all)
     by_owner: dict[int, list[int]] = defaultdict(list)
     threads = EmailThread.objects.filter(pk__in=set(thread_ids)).order_by()
     for thread_id, owner_id in threads.values_list("pk", "owner_id"):

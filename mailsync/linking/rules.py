@@ -43,7 +43,7 @@ from crm.models import User
 from crm.params import parse_id
 from deals.models import Deal
 from leads.models import Lead
-from mailsync.mailboxes.tuning import without_jit
+from mailsync.mailboxes.tuning import tune_planner
 from mailsync.models import (
     AccountAddress,
     EmailAccount,
@@ -259,7 +259,7 @@ class OwnerData:
 
 @transaction.atomic
 def _link_batch(thread_ids: list[int]) -> None:
-    without_jit()
+    tune_planner()
     # Row locks serialise linking with a user's link / unlink on the same thread, so an unlink made
     # while linking runs is never overwritten (services lock the thread the same way). Only the columns
     # linking reads: model instances (with their owner joined) were most of this task's Python time

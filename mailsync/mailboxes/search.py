@@ -22,7 +22,7 @@ from django.db import DataError, connection, transaction
 
 from mailsync.models import EmailMessage, MailboxEntry, MailboxSearchDocument, MessageParticipant
 
-from .tuning import without_jit
+from .tuning import tune_planner
 from .words import SEARCH_BODY_CHARS, SEARCH_PARTICIPANTS, message_terms
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def fill_search_terms(thread_ids: Iterable[int]) -> int:
 
 
 def _write_documents(ids: list[int]) -> int:
-    without_jit()  # the statement over many rows looks costly to the planner: JIT compiled it for ~40 ms
+    tune_planner()  # the statement over many rows looks costly to the planner: JIT compiled it for ~40 ms
     # terms: the stored words of the messages that have them (split into lexemes as they are).
     # text: the others' text, parsed by to_tsvector: addresses whole and split at @ . - _ +, and
     # (mailsync_cjk_terms, migration 0005) the two-character pieces of Chinese / Japanese / Korean runs.

@@ -29,9 +29,9 @@ logger = logging.getLogger(__name__)
 _LZ4_AVAILABLE: bool | None = None
 
 
-def without_jit() -> None:
+def tune_planner() -> None:
     """No JIT compilation and index lookups at their in-memory price until the end of the current
-    transaction (call inside transaction.atomic)."""
+    transaction (call inside transaction.atomic): for mail's reads and writes that store no bodies."""
     tune_bulk_write(lz4_bodies=False)
 
 

@@ -64,7 +64,7 @@ from mailsync.linking import tasks as linking_tasks
 from mailsync.linking.rules import own_addresses
 from mailsync.mailboxes.locks import lock_owner_mail
 from mailsync.mailboxes.placement import place, refresh_mailboxes
-from mailsync.mailboxes.tuning import tune_bulk_write, without_jit
+from mailsync.mailboxes.tuning import tune_bulk_write, tune_planner
 from mailsync.models import (
     Attachment,
     EmailAccount,
@@ -425,7 +425,7 @@ def ingest_batch(
 
     keys = {item.message_key for item in parsed}
     with transaction.atomic():  # a read, planned as the batch's others (tuning: index lookups)
-        without_jit()
+        tune_planner()
         stored_before = {
             identity_of(key, content_hash)
             for key, content_hash in EmailMessage.objects.filter(account=account, message_key__in=keys).values_list(
