@@ -2,6 +2,8 @@
 primitives."""
 
 import datetime as dt
+import imaplib
+import io
 import logging
 import threading
 import time
@@ -9,6 +11,7 @@ import time
 import pytest
 
 from mailsync.protocols import errors
+from mailsync.protocols import imap as imap_module
 from mailsync.protocols.imap import Folder, ImapConfig, assign_roles, connect, parse_uid_set
 from tests.mailservers import LineServer, make_message
 
@@ -258,6 +261,107 @@ def test_folder_status_matches_the_server(dovecot, mail_user):
         expected["uidvalidity"],
         expected["highestmodseq"],
     )
+
+
+def test_folder_statuses_in_one_write_match_folder_status(dovecot, mail_user, monkeypatch):
+    names = ["INBOX", "Sent", "Entwürfe", 'Say "hi" \\ there']
+    for name in names[2:]:
+        dovecot.create_folder(mail_user, name)
+    for subject in ("a", "b", "c"):
+        dovecot.append(mail_user, make_message(subject))
+    dovecot.append(mail_user, make_message("sent"), folder="Sent")
+    dovecot.append(mail_user, make_message("draft"), folder="Entwürfe")
+    with connect(config_for(dovecot, mail_user)) as session:
+        expected = {name: session.folder_status(name) for name in names}
+        imap = session._client._imap
+        writes = []
+        real_send = imap.send
+        monkeypatch.setattr(imap, "send", lambda data: (writes.append(bytes(data)), real_send(data))[1])
+        seen_in_meanwhile = []
+        statuses = session.folder_statuses(
+            [*names, "No such folder", "INBOX"], meanwhile=lambda: seen_in_meanwhile.append(len(writes))
+        )
+        assert len(writes) == 1 and writes[0].count(b" STATUS ") == 5  # INBOX asked once
+        assert seen_in_meanwhile == [1]  # after sending, once
+        assert {name: statuses[name] for name in names} == expected
+        assert (expected["INBOX"].messages, expected["Entwürfe"].messages) == (3, 1)
+        assert isinstance(statuses["No such folder"], errors.FolderNotFound)
+        assert session.select("INBOX", readonly=True).exists == 3  # every answer was read
+
+
+def test_folder_statuses_in_several_writes_and_a_failing_meanwhile(dovecot, mail_user, monkeypatch):
+    monkeypatch.setattr(imap_module, "STATUS_PIPELINE", 2)
+    names = ["INBOX", "Sent", "Trash", "Drafts", "Junk"]
+    with connect(config_for(dovecot, mail_user)) as session:
+        expected = {name: session.folder_status(name) for name in names}
+
+        def fail():
+            raise ValueError("the database is down")
+
+        with pytest.raises(ValueError, match="database is down"):
+            session.folder_statuses(names, meanwhile=fail)
+        assert session.folder_statuses(names) == expected
+        assert session.folder_statuses([]) == {}
+        session.noop()  # nothing left unread
+
+
+class _Replay:
+    """A server's answers as bytes, read as _read_statuses reads a connection."""
+
+    abort = imaplib.IMAP4.abort
+
+    def __init__(self, data: bytes):
+        self._file = io.BytesIO(data)
+        self.tagged_commands: dict = {}
+        self.untagged_responses: dict = {}
+
+    def readline(self) -> bytes:
+        return self._file.readline()
+
+    def read(self, size: int) -> bytes:
+        return self._file.read(size)
+
+    def _append_untagged(self, kind, data) -> None:
+        self.untagged_responses.setdefault(kind, []).append(data)
+
+
+def test_status_answers_in_other_forms_go_to_their_folder():
+    tags = {b"A1": "INBOX", b"A2": 'Say "hi"', b"A3": "Sent", b"A4": "Drafts", b"A5": "Gone", b"A6": "Archive"}
+    server = _Replay(
+        b"* 4 EXISTS\r\n"
+        b"* STATUS Sent (MESSAGES 5 UIDNEXT 6)\r\n"  # answered ahead of its turn: goes by its name
+        b"* STATUS inbox (MESSAGES 3 UIDNEXT 9)\r\n"
+        b"A1 OK done\r\n"
+        b'* STATUS {8}\r\nSay "hi" (messages 1 uidnext 2)\r\n'
+        b"A2 OK done\r\n"
+        b"A3 OK done\r\n"
+        b"* STATUS INBOX.Drafts (MESSAGES 7 UIDNEXT 8)\r\n"  # the server's own spelling: goes by order
+        b"A4 OK done\r\n"
+        b"A5 NO [NONEXISTENT] Mailbox doesn't exist: Gone\r\n"
+        b"A6 OK no status given\r\n"
+    )
+    answers = imap_module._read_statuses(server, tags)
+    assert answers["INBOX"] == ("OK", "done", {b"MESSAGES": 3, b"UIDNEXT": 9})
+    assert answers['Say "hi"'] == ("OK", "done", {b"MESSAGES": 1, b"UIDNEXT": 2})
+    assert answers["Sent"] == ("OK", "done", {b"MESSAGES": 5, b"UIDNEXT": 6})
+    assert answers["Drafts"] == ("OK", "done", {b"MESSAGES": 7, b"UIDNEXT": 8})
+    assert answers["Gone"] == ("NO", "[NONEXISTENT] Mailbox doesn't exist: Gone", None)
+    assert answers["Archive"] == ("OK", "no status given", None)
+    assert server.untagged_responses == {"EXISTS": [b"4"]}  # kept where imaplib keeps it
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"* BYE shutting down\r\n", "shutting down"),
+        (b"* STATUS INBOX (MESSAGES 1)\r\n", "EOF"),
+        (b"B7 OK not ours\r\n", "unexpected tagged response"),
+        (b"* STATUS INBOX\r\nA1 OK\r\n", "unexpected STATUS response"),
+    ],
+)
+def test_status_reader_refuses_a_broken_conversation(data, message):
+    with pytest.raises(imaplib.IMAP4.abort, match=message):
+        imap_module._read_statuses(_Replay(data), {b"A1": "INBOX"})
 
 
 def test_select_detects_a_changed_uidvalidity(dovecot, mail_user):

@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime as dt
+import imaplib
 import os
 import signal
 import subprocess
@@ -115,6 +116,48 @@ def test_incremental_picks_up_new_mail_whatever_its_date(account, dovecot, mail_
     assert report.created == 2
     assert set(live(account).values_list("subject", flat=True)) >= {"Late arrival", "Fresh"}
     assert_mirrors_server(account, dovecot, mail_user)
+
+
+def test_mail_arriving_in_another_folder_during_a_pass_is_taken_in_by_that_pass(
+    account, dovecot, mail_user, monkeypatch
+):
+    # The STATUS of every folder is read at once; a folder's status read before an earlier folder's work
+    # is read again, so mail that arrived meanwhile is not left for the next pass.
+    deliver(dovecot, mail_user, 2)
+    engine.sync_account(account.pk)
+    dovecot.append(mail_user, make_message("New in the inbox"))
+    real_take_in = engine.take_in_uids
+    delivered = []
+
+    def take_in(*args, **kwargs):
+        if not delivered:
+            dovecot.append(mail_user, make_message("Sent meanwhile"), folder="Sent")
+            delivered.append(True)
+        return real_take_in(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "take_in_uids", take_in)
+    report = engine.sync_account(account.pk)
+    assert delivered and report.error is None
+    assert {"New in the inbox", "Sent meanwhile"} <= set(live(account).values_list("subject", flat=True))
+    assert_mirrors_server(account, dovecot, mail_user, folder="Sent")
+
+
+def test_a_no_change_pass_asks_every_folder_status_in_one_write(account, dovecot, mail_user, monkeypatch):
+    deliver(dovecot, mail_user, 2)
+    engine.sync_account(account.pk)
+    writes = []
+    real_send = imaplib.IMAP4.send
+
+    def send(self, data):
+        writes.append(bytes(data))
+        return real_send(self, data)
+
+    monkeypatch.setattr(imaplib.IMAP4, "send", send)
+    report = engine.sync_account(account.pk)
+    assert report.error is None and report.created == 0
+    statuses = [data for data in writes if b" STATUS " in data]
+    synced = MailFolder.objects.filter(account=account, initial_synced_at__isnull=False).count()
+    assert synced >= 3 and len(statuses) == 1 and statuses[0].count(b" STATUS ") == synced
 
 
 def test_flag_changes_on_the_server_are_reflected(account, dovecot, mail_user):

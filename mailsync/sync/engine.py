@@ -11,10 +11,11 @@ How a run goes (`sync_account`):
    the UIDs we checked, was renamed: the folder row takes the new name and keeps its copies and
    cursors. Otherwise the vanished folder's copies are dropped and the new folder is listed in full.
 3. For every folder whose listing is complete, the cheap incremental pass: STATUS says whether anything
-   changed (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, MESSAGES). Only then: new UIDs are taken in, flag
-   changes come through CONDSTORE CHANGEDSINCE, deletions through QRESYNC VANISHED (or a UID list diff
-   on servers without it). A UIDVALIDITY change voids the folder's UIDs: its copies are dropped and
-   the folder is listed again in full.
+   changed (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, MESSAGES); the STATUS of all of them is asked in one
+   round trip, and read again for a folder that comes after one where something changed. Only then:
+   new UIDs are taken in, flag changes come through CONDSTORE CHANGEDSINCE, deletions through QRESYNC
+   VANISHED (or a UID list diff on servers without it). A UIDVALIDITY change voids the folder's UIDs:
+   its copies are dropped and the folder is listed again in full.
 4. Full listing of the folders that need one (new, renamed but not recognised, reset, unfinished),
    within the time budget: every UID (SEARCH ALL: UIDs only, cheap), and of the UIDs not known yet
    only their Message-ID field. A UID whose Message-ID is that of a stored message becomes a copy of
@@ -171,14 +172,32 @@ def _run(
     account: EmailAccount, session: imap.ImapSession, report: SyncReport, time_budget: float, *, bulk: bool = True
 ) -> None:
     deadline = time.monotonic() + time_budget
-    own = own_addresses_for(account)
     folders = discover_folders(account, session)
     report.folders = len(folders)
     # The CRM's own changes first (outbox of bulk actions): reading the server before would undo them.
     replay_pending(session, account)
-    for folder in folders:
-        if folder.initial_synced_at is not None:
-            _incremental(account, session, folder, own, report, deadline, folders=folders)
+    listed = [folder for folder in folders if folder.initial_synced_at is not None]
+    # The STATUS of every listed folder in one round trip; the owner's addresses are read meanwhile.
+    found: list[frozenset[str]] = []
+    statuses = session.folder_statuses(
+        [folder.name for folder in listed], meanwhile=lambda: found.append(own_addresses_for(account))
+    )
+    own = found[0]
+    for folder in listed:
+        status = statuses.get(folder.name)
+        # A status read before an earlier folder's work (new mail, flags) may be out of date: read again.
+        worked = _incremental(
+            account,
+            session,
+            folder,
+            own,
+            report,
+            deadline,
+            folders=folders,
+            status=status if isinstance(status, imap.FolderStatus) else None,
+        )
+        if worked:
+            statuses = {}
     for folder in folders:
         if folder.initial_synced_at is None:
             if not bulk or time.monotonic() >= deadline:
@@ -325,22 +344,25 @@ def _incremental(
     report: SyncReport,
     deadline: float | None = None,
     folders: list[MailFolder] = (),
-) -> None:
-    """Bring one folder whose listing is complete up to date. `folders`: every synced folder."""
-    status = session.folder_status(folder.name)
+    status: imap.FolderStatus | None = None,
+) -> bool:
+    """Bring one folder whose listing is complete up to date. `folders`: every synced folder; `status`:
+    its STATUS if just read (else read here). False when nothing changed (no command sent after STATUS)."""
+    if status is None:
+        status = session.folder_status(folder.name)
     if status.uidvalidity != folder.uidvalidity:
         _uidvalidity_reset(account, session, folder, own, report, status, deadline)
-        return
+        return True
     unchanged = (
         status.uidnext == folder.uidnext
         and status.messages == folder.message_count
         and (status.highestmodseq is None or status.highestmodseq == folder.highestmodseq)
     )
     if unchanged and status.highestmodseq is not None:
-        return
+        return False
     if unchanged and folder.last_synced_at and timezone.now() - folder.last_synced_at < timedelta(minutes=10):
         # Without CONDSTORE, flag changes are invisible in STATUS: look at flags every 10 minutes.
-        return
+        return False
 
     selected = session.select(folder.name, readonly=True)
     # New mail: every UID at or above the stored UIDNEXT, whatever its date.
@@ -385,6 +407,7 @@ def _incremental(
         window_start=coverage_start(account),
     )
     folder.uidnext, folder.highestmodseq, folder.message_count = new_uidnext, selected.highestmodseq, selected.exists
+    return True
 
 
 def _vanished_by_diff(session: imap.ImapSession, folder: MailFolder) -> list[int]:
@@ -484,8 +507,11 @@ def settle_unlocated(
     missing = [pk for pk in unlocated if pk not in located]
     if not missing or any(folder.initial_synced_at is None for folder in folders):
         return 0
+    statuses = session.folder_statuses([folder.name for folder in folders])
     for folder in folders:
-        status = session.folder_status(folder.name)
+        status = statuses[folder.name]
+        if isinstance(status, errors.MailError):
+            raise status
         if (status.uidvalidity, status.uidnext) != (folder.uidvalidity, folder.uidnext):
             report.more_work = True  # look again at once, before deciding anything
             return 0
