@@ -1,6 +1,8 @@
 """mailsync.sync.ingest: batches of raw messages -> stored mail, exactly once, crash-safe, in few queries."""
 
 import fcntl
+import io
+import pickle
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -23,7 +25,7 @@ from mailsync.models import (
     MessageLocation,
     MessageParticipant,
 )
-from mailsync.sync import ingest
+from mailsync.sync import ingest, parse_worker
 from mailsync.sync.ingest import FetchedMessage, IngestResult, ParsePool, ingest_batch, ingest_raw, own_addresses_for
 from mailsync.sync.parsing import parse_message
 
@@ -422,6 +424,65 @@ def test_waiting_for_the_pool_parses_queued_chunks_in_this_thread(monkeypatch):
         parsed = pool.submit(raws, own).result()
     assert parsed == [parse_message(raw, own_addresses=own) for raw in raws]
     assert threading.get_ident() in parsed_here
+
+
+def _parse_with_a_garbled_worker_stream(monkeypatch, garble) -> tuple[list, list]:
+    """Submit and close a one-worker pool whose answer stream `garble` spoils; (parsed, raws), or a
+    failure if the pool hangs."""
+    real_read_frame = parse_worker.read_frame
+    calls = []
+
+    def read_frame(stream):
+        calls.append(1)
+        return garble(len(calls), lambda: real_read_frame(stream))
+
+    monkeypatch.setattr(parse_worker, "read_frame", read_frame)
+    raws = [build_message(n, attachment=("a.bin", bytes([n]))) for n in range(1, 13)]
+    outcome = []
+
+    def run():
+        with ParsePool(workers=1, chunk_size=3) as pool:
+            pool.help_once = lambda: False  # every chunk goes through the worker
+            outcome.append(pool.submit(raws, frozenset()).result())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the pool hangs"
+    assert calls
+    return outcome[0], raws
+
+
+def test_an_unreadable_answer_stops_the_worker_and_the_rest_is_parsed_here(monkeypatch):
+    def garble(call, read):
+        if call == 1:
+            read()  # the worker's first answer, read and lost: the stream is out of step
+            raise MemoryError
+        return read()
+
+    parsed, raws = _parse_with_a_garbled_worker_stream(monkeypatch, garble)
+    assert parsed == [parse_message(raw, own_addresses=frozenset()) for raw in raws]
+
+
+def test_an_answer_nobody_asked_for_stops_the_worker(monkeypatch):
+    def garble(call, read):
+        if call == 1:
+            return pickle.dumps([])  # before any job was sent
+        return read()
+
+    parsed, raws = _parse_with_a_garbled_worker_stream(monkeypatch, garble)
+    assert parsed == [parse_message(raw, own_addresses=frozenset()) for raw in raws]
+
+
+def test_a_frame_length_out_of_step_is_refused_without_allocating_it():
+    stream = io.BytesIO((1 << 60).to_bytes(parse_worker.HEADER_BYTES, "big") + b"pickled bytes")
+    with pytest.raises(ValueError, match="out of step"):
+        parse_worker.read_frame(stream)
+    frames = io.BytesIO()
+    parse_worker.write_frame(frames, b"payload")
+    parse_worker.write_frame(frames, b"")
+    frames.seek(0)
+    assert [parse_worker.read_frame(frames) for _ in range(3)] == [b"payload", b"", None]
 
 
 @pytest.mark.django_db(transaction=True)

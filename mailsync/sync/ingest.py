@@ -331,7 +331,18 @@ class _ParseWorker:
                 answer = parse_worker.read_frame(self.process.stdout)
             except (OSError, ValueError):
                 answer = None
+            except Exception:
+                # An answer that cannot be read (a garbled length: MemoryError) leaves the stream out of
+                # step: the worker is stopped and what it holds is parsed here, as when it dies. Were
+                # this thread to end instead, the sender would wait for a free slot forever.
+                logger.warning("unreadable answer from the parse worker; stopping it", exc_info=True)
+                answer = None
+            if answer is not None and not self._pending:
+                logger.warning("the parse worker answered more than it was asked; stopping it")
+                answer = None
             if answer is None:
+                with contextlib.suppress(OSError):
+                    self.process.kill()
                 break
             _raws, _own, future = self._pending.popleft()
             try:

@@ -23,6 +23,9 @@ import types
 
 PR_SET_PDEATHSIG = 1
 HEADER_BYTES = 8
+# No chunk of mail comes near this (a chunk is 50 messages; the server's own limits are far lower): a
+# larger length is a garbled header, not a frame to allocate memory for.
+MAX_FRAME_BYTES = 1 << 34
 
 
 def die_with_parent(parent: int) -> None:
@@ -67,7 +70,10 @@ def read_frame(stream) -> bytes | None:
     header = read_exact(stream, HEADER_BYTES)
     if not header:
         return None
-    payload = read_exact(stream, int.from_bytes(header, "big"))
+    size = int.from_bytes(header, "big")
+    if size > MAX_FRAME_BYTES:
+        raise ValueError(f"a frame of {size} bytes: the stream is out of step")
+    payload = read_exact(stream, size)
     return payload if payload or header == bytes(HEADER_BYTES) else None
 
 
