@@ -15,7 +15,8 @@
    over a pipe, not through a broker); the time ends when the last of them is done, so it is the time
    until every message is stored, listed, linked and searchable. The CPU time of the sync process,
    its parse worker, the task process and the machine as a whole is printed beside it.
-4. A no-change incremental pass on that mailbox, with connect + login and on an open connection.
+4. A no-change incremental pass on that mailbox, with connect + login and on an open connection; then
+   again with 40 more (empty) folders, as a mailbox with a folder per client or project has.
 
 Targets (issue 18): the full sync at 2,000 msg/s or more, within 2x of the fetch-only floor, with a
 peak RSS that does not grow with the mailbox; a no-change pass < 50 ms.
@@ -49,6 +50,8 @@ from mailsync.connection.config import account_imap_config
 from mailsync.models import EmailAccount, EmailMessage
 from mailsync.protocols import imap
 from mailsync.sync import engine
+
+EXTRA_FOLDERS = 40
 
 
 class Command(BaseCommand):
@@ -145,6 +148,18 @@ class Command(BaseCommand):
             with imap.connect(account_imap_config(account)) as session:
                 warm = self._timed(lambda: engine.sync_account(account.pk, session=session), 15)
             self._say(f"no-change pass, open connection: median {warm * 1000:.1f} ms")
+
+            # A mailbox with many folders (clients, projects): their STATUS go in one round trip.
+            for index in range(EXTRA_FOLDERS):
+                server.create_folder(mail_user, f"Clients/Client {index:02d}")
+            while engine.sync_account(account.pk).more_work:  # lists the new (empty) folders
+                pass
+            synced = len(engine.synced_folder_ids(account))
+            cold = self._timed(lambda: engine.sync_account(account.pk), 15)
+            self._say(
+                f"no-change pass with {EXTRA_FOLDERS} more folders ({synced} synced), connect + login: "
+                f"median {cold * 1000:.1f} ms"
+            )
         finally:
             if not keep:
                 account.delete()
