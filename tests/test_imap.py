@@ -5,10 +5,13 @@ import datetime as dt
 import imaplib
 import io
 import logging
+import random
 import threading
 import time
 
 import pytest
+from imapclient import IMAPClient
+from imapclient import exceptions as imap_exc
 
 from mailsync.protocols import errors
 from mailsync.protocols import imap as imap_module
@@ -348,6 +351,69 @@ def test_status_answers_in_other_forms_go_to_their_folder():
     assert answers["Gone"] == ("NO", "[NONEXISTENT] Mailbox doesn't exist: Gone", None)
     assert answers["Archive"] == ("OK", "no status given", None)
     assert server.untagged_responses == {"EXISTS": [b"4"]}  # kept where imaplib keeps it
+
+
+def test_the_fast_status_reader_reads_what_imapclient_reads():
+    rng = random.Random(18)
+    pieces = ["a", "Z", "7", " ", '"', "\\", "[", "]", "/", ".", "&APw-", "-", "_", "%", "*", "(", ")", "{", "}"]
+    names = ["INBOX", "inbox", "NIL", "nil", "007", "[Gmail]/Sent Mail", 'Say "hi"', "back\\slash", "Entw&APw-rfe"]
+    names += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(600)]
+    items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ", "UNSEEN", "RECENT", "X-GM-THING"]
+    fast_read = 0
+    for name in names:
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        safe_atom = name and not any(c in name for c in ' "(){}%*\\') and name.upper() != "NIL"
+        forms = [f'"{escaped}"'] + ([name] if safe_atom else [])
+        for form in forms:
+            chosen = rng.sample(items, rng.randint(0, len(items)))
+            values = [str(rng.choice([0, 1, 42, 4294967295, 2**63 - 1])) for _ in chosen]
+            usual = True
+            if chosen and rng.random() < 0.1:
+                values[0] = rng.choice(["NIL", "x1", '"5"'])
+                usual = False
+            case = str.lower if rng.random() < 0.3 else str.upper
+            text = " ".join(f"{case(key)} {value}" for key, value in zip(chosen, values, strict=True))
+            line = f"* STATUS {form} ({text})\r\n".encode()
+            fast = imap_module._fast_status(line)
+            try:
+                slow = imap_module._parsed_status([line], [])
+            except imap_exc.ProtocolError:  # an atom imapclient's lexer cannot read ("a[b"): fast or nothing
+                continue
+            assert fast is None or fast == slow, line
+            assert (fast is not None) == usual, line  # the usual forms do not fall back
+            fast_read += fast is not None
+            if fast is not None:
+                assert fast[0] == name.encode()  # as sent; mUTF-7 is decoded after
+    assert fast_read > 500
+
+
+def test_the_fast_list_reader_reads_what_imapclient_reads():
+    client = IMAPClient.__new__(IMAPClient)  # only its response parsing is used
+    client.folder_encode = True
+    rng = random.Random(5)
+    pieces = ["a", "Z", "7", " ", '"', "\\", "[", "]", "/", ".", "&APw-", "&-", "-", "%", "*", "(", ")", "{", "}"]
+    names = ["INBOX", "007", "NIL", "[Gmail]/Sent Mail", 'Say "hi"', "back\\slash", "Entw&APw-rfe", "&ZeVnLIqe-"]
+    names += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(600)]
+    flags = ["\\HasNoChildren", "\\HasChildren", "\\Noselect", "\\Sent", "\\Trash", "\\Marked", "$Custom", "NIL", "12"]
+    checked = fast_read = 0
+    for name in names:
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        safe_atom = name and not any(c in name for c in ' "(){}%*\\[') and name.upper() != "NIL"
+        for form in [f'"{escaped}"'] + ([name] if safe_atom else []):
+            chosen = rng.sample(flags, rng.randint(0, 3))
+            delimiter = rng.choice(['"/"', '"."', '"\\\\"', "NIL"])
+            line = f"({' '.join(chosen)}) {delimiter} {form}".encode()
+            try:
+                slow = client._proc_folder_list([line])
+            except imap_exc.ProtocolError:
+                continue
+            fast = imap_module._fast_list_item(line)
+            checked += 1
+            assert fast is None or [fast] == slow, line
+            usual = not ({"NIL", "12"} & set(chosen)) and not (form == name and name.isdigit())
+            assert (fast is not None) == usual, line  # the usual forms do not fall back
+            fast_read += fast is not None
+    assert checked > 600 and fast_read > 400
 
 
 @pytest.mark.parametrize(

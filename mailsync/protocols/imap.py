@@ -22,6 +22,8 @@ Rules encoded here (DESIGN.md, notes/imap-sync.md):
   other form sends that command, and the rest of the session, through imapclient.
 - The STATUS of several folders is asked in one write and the answers read after (`folder_statuses`,
   pipelining as RFC 3501 5.5 allows): a pass over 40 folders waits for one round trip, not 40.
+  STATUS and LIST lines of the usual form are read by a regular expression each (`_fast_status`,
+  `_fast_list_item`), anything else by imapclient's parser; tests compare the two on random lines.
 """
 
 from __future__ import annotations
@@ -471,7 +473,7 @@ class ImapSession:
     # -- folders
     def list_folders(self) -> list[Folder]:
         with _classified(self._config):
-            listing = self._client.list_folders()
+            listing = _list_all(self._client)
         folders = []
         for raw_flags, raw_delimiter, name in listing:
             flags = tuple(_text(f) for f in raw_flags)
@@ -931,26 +933,94 @@ def _read_statuses(imap: imaplib.IMAP4, tags: dict[bytes, str]) -> dict[str, tup
         if texts[0][:9].upper() != b"* STATUS ":
             _keep_untagged(imap, texts, literals)
             continue
-        data: list = []
-        first = texts[0][9:]
-        for index, text in enumerate(texts):
-            text = first if index == 0 else text
-            if index < len(literals):
-                data.append((text.rstrip(b"\r\n"), literals[index]))
-            else:
-                data.append(text.rstrip(b"\r\n"))
-        parsed = parse_response(data)
-        if len(parsed) < 2 or not isinstance(parsed[-1], tuple):
+        parsed = (_fast_status(texts[0]) if not literals else None) or _parsed_status(texts, literals)
+        if parsed is None:
             raise imap.abort(f"unexpected STATUS response: {texts[0][:100]!r}")
-        raw_name = parsed[0] if isinstance(parsed[0], bytes) else str(parsed[0]).encode()
-        pairs = parsed[-1]
-        items = {_text(key).upper().encode(): value for key, value in zip(pairs[0::2], pairs[1::2], strict=False)}
+        raw_name, items = parsed
         name = by_name.get(_status_name_key(imap_utf7.decode(raw_name)))
         if name is not None and name not in answers:
             values[name] = items
         else:
             unnamed.append(items)
     return answers
+
+
+# `(flags) "delimiter" name` of `* LIST` as servers write it: flags atoms, the name an atom or quoted.
+_LIST_ITEM = re.compile(
+    rb'\(([^()"{}]*)\) (?:"((?:[^"\\\r\n]|\\["\\])*)"|NIL) (?:"((?:[^"\\\r\n]|\\["\\])*)"|([^\s"(){}\\]+))\Z',
+    re.IGNORECASE,
+)
+
+
+def _list_all(client: IMAPClient) -> list[tuple]:
+    """What client.list_folders() gives ((flags, delimiter, name) of every folder), each LIST line of the
+    usual form read by one regular expression: imapclient's lexer is most of the CPU of listing a
+    mailbox with many folders. A listing with any other line is read by imapclient's parser."""
+    imap = client._imap
+    typ, data = imap._simple_command("LIST", client._normalise_folder(""), client._normalise_folder("*"))
+    client._checkok("list", typ, data)
+    typ, data = imap._untagged_response(typ, data, "LIST")
+    items = [item for item in data if item not in (b"", None)]
+    fast = [_fast_list_item(item) if isinstance(item, bytes) else None for item in items]
+    if client.folder_encode and None not in fast:
+        return fast
+    return client._proc_folder_list(data)
+
+
+def _fast_list_item(item: bytes) -> tuple[tuple[bytes, ...], bytes | None, str] | None:
+    match = _LIST_ITEM.match(item)
+    if match is None:
+        return None
+    flags_text, delimiter, quoted, atom = match.groups()
+    flags = tuple(flags_text.split())
+    if any(flag.isdigit() or flag.upper() == b"NIL" for flag in flags):
+        return None  # imapclient reads these as a number and None
+    if atom is not None and (atom.isdigit() or atom.upper() == b"NIL"):
+        return None
+    if delimiter is not None:
+        delimiter = _QUOTED_PAIR.sub(rb"\1", delimiter)
+    name = _QUOTED_PAIR.sub(rb"\1", quoted) if quoted is not None else atom
+    return flags, delimiter, imap_utf7.decode(name)
+
+
+# `* STATUS name (ITEM n ...)` as servers write it: the name an atom or a quoted string, every value a number.
+_STATUS_LINE = re.compile(
+    rb'\* STATUS (?:"((?:[^"\\\r\n]|\\["\\])*)"|([^\s"(){}\\]+)) \(([A-Za-z0-9 .-]*)\)\r\n\Z', re.I
+)
+_QUOTED_PAIR = re.compile(rb"\\([\\\"])")
+
+
+def _fast_status(line: bytes) -> tuple[bytes, dict[bytes, int]] | None:
+    """(name, items) of a usual STATUS line, or None: imapclient's parser (_parsed_status) reads it.
+    Its lexer is most of a no-change pass's CPU on a mailbox with many folders."""
+    match = _STATUS_LINE.match(line)
+    if match is None:
+        return None
+    quoted, atom, text = match.groups()
+    if atom is not None and atom.upper() == b"NIL":
+        return None
+    tokens = text.split()
+    if len(tokens) % 2 or not all(value.isdigit() for value in tokens[1::2]):
+        return None
+    name = _QUOTED_PAIR.sub(rb"\1", quoted) if quoted is not None else atom
+    return name, {key.upper(): int(value) for key, value in zip(tokens[0::2], tokens[1::2], strict=True)}
+
+
+def _parsed_status(texts: list[bytes], literals: list[bytes]) -> tuple[bytes, dict] | None:
+    """(name, items) of any STATUS response (literal names too), read by imapclient's parser."""
+    data: list = []
+    for index, text in enumerate(texts):
+        text = text[9:] if index == 0 else text  # after "* STATUS "
+        if index < len(literals):
+            data.append((text.rstrip(b"\r\n"), literals[index]))
+        else:
+            data.append(text.rstrip(b"\r\n"))
+    parsed = parse_response(data)
+    if len(parsed) < 2 or not isinstance(parsed[-1], tuple):
+        return None
+    raw_name = parsed[0] if isinstance(parsed[0], bytes) else str(parsed[0]).encode()
+    pairs = parsed[-1]
+    return raw_name, {_text(key).upper().encode(): value for key, value in zip(pairs[0::2], pairs[1::2], strict=False)}
 
 
 def _status_name_key(name: str) -> str:
