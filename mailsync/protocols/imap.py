@@ -482,19 +482,16 @@ class ImapSession:
             folders.append(Folder(name=str(name), delimiter=delimiter, role="", flags=flags, noselect=noselect))
         return assign_roles(folders)
 
-    def folder_status(self, name: str) -> FolderStatus:
+    def _status_items(self) -> list[str]:
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
         if "CONDSTORE" in self.capabilities:
             items.append("HIGHESTMODSEQ")
+        return items
+
+    def folder_status(self, name: str) -> FolderStatus:
         with _classified(self._config):
-            status = self._client.folder_status(name, items)
-        return FolderStatus(
-            name=name,
-            messages=int(status.get(b"MESSAGES", 0)),
-            uidnext=_int_or_none(status.get(b"UIDNEXT")),
-            uidvalidity=_int_or_none(status.get(b"UIDVALIDITY")),
-            highestmodseq=_int_or_none(status.get(b"HIGHESTMODSEQ")),
-        )
+            status = self._client.folder_status(name, self._status_items())
+        return _folder_status(name, status)
 
     def folder_statuses(
         self, names: Sequence[str], *, meanwhile: Callable[[], object] | None = None
@@ -504,9 +501,7 @@ class ImapSession:
         commands are sent and before the answers are read (database work while the server answers; it
         must not use this session). A folder the server refuses (gone, not allowed) gets the classified
         error instead of a status; a lost connection raises for all."""
-        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
-        if "CONDSTORE" in self.capabilities:
-            items.append("HIGHESTMODSEQ")
+        items = self._status_items()
         results: dict[str, FolderStatus | errors.MailError] = {}
         unique = list(dict.fromkeys(names))
         for start in range(0, max(len(unique), 1), STATUS_PIPELINE):
@@ -526,13 +521,7 @@ class ImapSession:
                 raise failure
             for name, (status, text, values) in answers.items():
                 if status == "OK" and values is not None:
-                    results[name] = FolderStatus(
-                        name=name,
-                        messages=int(values.get(b"MESSAGES", 0)),
-                        uidnext=_int_or_none(values.get(b"UIDNEXT")),
-                        uidvalidity=_int_or_none(values.get(b"UIDVALIDITY")),
-                        highestmodseq=_int_or_none(values.get(b"HIGHESTMODSEQ")),
-                    )
+                    results[name] = _folder_status(name, values)
                     continue
                 detail = f"STATUS {name}: {status} {text}".strip()[:300]
                 if status == "NO" and _NONEXISTENT_HINTS.search(text):
@@ -862,11 +851,7 @@ def _stream_fetch(imap: imaplib.IMAP4, uids: list[int], items: list[str], key: b
             if status.upper() != b"OK":
                 raise imap_exc.IMAPClientError(f"UID FETCH failed: {_text(status)} {_text(text)}")
             return results if usual else None
-        texts, literals = [line], []
-        while (literal := _LITERAL_AT_END.search(line)) is not None:
-            literals.append(imap.read(int(literal.group(1))))
-            line = _read_line(imap)
-            texts.append(line)
+        texts, literals = _read_rest(imap, line)
         start = _FETCH_START.match(texts[0])
         if start is None:
             _keep_untagged(imap, texts, literals)
@@ -906,8 +891,7 @@ def _read_statuses(imap: imaplib.IMAP4, tags: dict[bytes, str]) -> dict[str, tup
     An untagged STATUS names its folder; one whose name is not among those asked for (a server that
     writes the name in another form) belongs to the next command to complete, as servers answer
     pipelined STATUS commands in order."""
-    names = {name: tag for tag, name in tags.items()}
-    by_name = {_status_name_key(name): name for name in names}
+    by_name = {_status_name_key(name): name for name in tags.values()}
     values: dict[str, dict] = {}
     unnamed: list[dict] = []
     answers: dict[str, tuple[str, str, dict | None]] = {}
@@ -925,11 +909,7 @@ def _read_statuses(imap: imaplib.IMAP4, tags: dict[bytes, str]) -> dict[str, tup
                 found = unnamed.pop(0)
             answers[name] = (_text(status).upper(), _text(text), found)
             continue
-        texts, literals = [line], []
-        while (literal := _LITERAL_AT_END.search(line)) is not None:
-            literals.append(imap.read(int(literal.group(1))))
-            line = _read_line(imap)
-            texts.append(line)
+        texts, literals = _read_rest(imap, line)
         if texts[0][:9].upper() != b"* STATUS ":
             _keep_untagged(imap, texts, literals)
             continue
@@ -979,8 +959,7 @@ def _fast_list_item(item: bytes) -> tuple[tuple[bytes, ...], bytes | None, str] 
         return None
     if delimiter is not None:
         delimiter = _QUOTED_PAIR.sub(rb"\1", delimiter)
-    name = _QUOTED_PAIR.sub(rb"\1", quoted) if quoted is not None else atom
-    return flags, delimiter, imap_utf7.decode(name)
+    return flags, delimiter, imap_utf7.decode(_astring(quoted, atom))
 
 
 # `* STATUS name (ITEM n ...)` as servers write it: the name an atom or a quoted string, every value a number.
@@ -1002,8 +981,24 @@ def _fast_status(line: bytes) -> tuple[bytes, dict[bytes, int]] | None:
     tokens = text.split()
     if len(tokens) % 2 or not all(value.isdigit() for value in tokens[1::2]):
         return None
-    name = _QUOTED_PAIR.sub(rb"\1", quoted) if quoted is not None else atom
-    return name, {key.upper(): int(value) for key, value in zip(tokens[0::2], tokens[1::2], strict=True)}
+    items = {key.upper(): int(value) for key, value in zip(tokens[0::2], tokens[1::2], strict=True)}
+    return _astring(quoted, atom), items
+
+
+def _astring(quoted: bytes | None, atom: bytes) -> bytes:
+    """A name matched as a quoted string (its \\" and \\\\ undone) or as an atom."""
+    return _QUOTED_PAIR.sub(rb"\1", quoted) if quoted is not None else atom
+
+
+def _folder_status(name: str, values: dict) -> FolderStatus:
+    """FolderStatus from STATUS items as imapclient gives them (b"MESSAGES": 3, ...)."""
+    return FolderStatus(
+        name=name,
+        messages=int(values.get(b"MESSAGES", 0)),
+        uidnext=_int_or_none(values.get(b"UIDNEXT")),
+        uidvalidity=_int_or_none(values.get(b"UIDVALIDITY")),
+        highestmodseq=_int_or_none(values.get(b"HIGHESTMODSEQ")),
+    )
 
 
 def _parsed_status(texts: list[bytes], literals: list[bytes]) -> tuple[bytes, dict] | None:
@@ -1026,6 +1021,16 @@ def _parsed_status(texts: list[bytes], literals: list[bytes]) -> tuple[bytes, di
 def _status_name_key(name: str) -> str:
     """INBOX in any case is the inbox (RFC 3501 5.1); other names are compared as they are."""
     return "INBOX" if name.upper() == "INBOX" else name
+
+
+def _read_rest(imap: imaplib.IMAP4, line: bytes) -> tuple[list[bytes], list[bytes]]:
+    """The whole response that starts with `line`: its text lines and the literals between them."""
+    texts, literals = [line], []
+    while (literal := _LITERAL_AT_END.search(line)) is not None:
+        literals.append(imap.read(int(literal.group(1))))
+        line = _read_line(imap)
+        texts.append(line)
+    return texts, literals
 
 
 def _read_line(imap: imaplib.IMAP4) -> bytes:
