@@ -387,6 +387,39 @@ def test_the_fast_status_reader_reads_what_imapclient_reads():
     assert fast_read > 500
 
 
+def test_the_internaldate_reader_reads_what_imapclient_reads():
+    from imapclient.datetime_util import parse_to_datetime
+
+    rng = random.Random(18)
+    months = ["Jan", "feb", "MAR", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec", "Foo"]
+    fast_read = 0
+    for _ in range(3000):
+        day = rng.choice([f"{rng.randint(1, 31):2d}", f"{rng.randint(1, 31):02d}", str(rng.randint(1, 9)), "32", "00"])
+        zone = rng.choice(["+0000", "-0000", "+0100", "-0530", "+1400", "-1200", "+0199", "+2400", "-9999"])
+        clock = rng.choice(
+            ["%02d:%02d:%02d" % (rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59)), "24:00:00"]
+        )
+        year = rng.choice([str(rng.randint(1970, 2100)), "0000", "2024"])
+        value = f"{day}-{rng.choice(months)}-{year} {clock} {zone}"
+        if rng.random() < 0.05:
+            value = rng.choice(["Sat, 8 May 2010 16.03.09 +0200", "Tue, 1 Jul 2003 10:52:37 +0200", "garbage", ""])
+        raw = value.encode()
+        try:
+            expected = parse_to_datetime(raw, normalise=False)
+        except ValueError:
+            with pytest.raises(ValueError):
+                imap_module._internaldate(raw)
+            continue
+        got = imap_module._internaldate(raw)
+        if abs(expected.tzinfo.utcoffset(None)) >= dt.timedelta(hours=24):  # imapclient's own, unusable anyway
+            assert got.tzinfo.utcoffset(None) == expected.tzinfo.utcoffset(None), value
+            continue
+        assert got == expected and got.utcoffset() == expected.utcoffset(), value
+        assert got.timetuple()[:6] == expected.timetuple()[:6], value
+        fast_read += type(got.tzinfo) is dt.timezone
+    assert fast_read > 250  # the usual form with a real date does not fall back (about 1 in 10 here)
+
+
 def test_the_fast_list_reader_reads_what_imapclient_reads():
     client = IMAPClient.__new__(IMAPClient)  # only its response parsing is used
     client.folder_encode = True

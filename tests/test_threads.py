@@ -283,3 +283,44 @@ def test_threads_created_by_a_batch_carry_the_stats_of_their_messages(account):
         thread.pk: (thread.message_count, thread.first_message_at, thread.last_message_at, thread.subject)
         for thread in EmailThread.objects.all()
     }
+
+
+def test_thread_stats_follow_later_batches_and_deletions(account):
+    """refresh_thread_stats after each batch: counts and dates follow new mail, the earliest message
+    names the thread (an earlier reply arriving late renames it), deleted mail stops counting, and a
+    thread whose values did not change is not written."""
+    from django.db import connection
+    from django.utils import timezone
+
+    def state(thread):
+        thread.refresh_from_db()
+        return (thread.message_count, thread.first_message_at, thread.last_message_at, thread.subject)
+
+    ingest_raw(account, [build_message(1, subject="Proposal")])
+    thread = thread_of("msg-1@customer.example")
+    ingest_raw(account, [build_message(3, subject="Re: Proposal", in_reply_to="<msg-1@customer.example>")])
+    first, third = BASE_DATE + timedelta(minutes=1), BASE_DATE + timedelta(minutes=3)
+    assert state(thread) == (2, first, third, "Proposal")
+    assert thread.normalized_subject == "proposal"
+
+    early = BASE_DATE - timedelta(days=1)
+    ingest_raw(
+        account,
+        [build_message(9, subject="Re: [deal] Proposal v0", references="<msg-1@customer.example>", date=early)],
+    )
+    assert state(thread) == (3, early, third, "Re: [deal] Proposal v0")
+    assert thread.normalized_subject == "proposal v0"
+
+    EmailMessage.objects.filter(message_id="msg-3@customer.example").update(deleted_at=timezone.now())
+    refresh_thread_stats([thread.pk])
+    assert state(thread) == (2, early, BASE_DATE + timedelta(minutes=1), "Re: [deal] Proposal v0")
+    EmailMessage.objects.filter(message_id="msg-9@customer.example").update(deleted_at=timezone.now())
+    refresh_thread_stats([thread.pk])
+    assert state(thread) == (1, first, first, "Proposal")
+    assert thread.normalized_subject == "proposal"
+
+    if connection.vendor == "postgresql":
+        version = EmailThread.objects.extra(select={"v": "ctid::text"}).values_list("v", flat=True).get(pk=thread.pk)
+        refresh_thread_stats([thread.pk])
+        after = EmailThread.objects.extra(select={"v": "ctid::text"}).values_list("v", flat=True).get(pk=thread.pk)
+        assert after == version  # unchanged: not written

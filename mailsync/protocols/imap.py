@@ -818,6 +818,45 @@ class ImapSession:
 # --------------------------------------------------------------------------------------------------
 # FETCH responses, read straight from the connection
 
+# INTERNALDATE as RFC 3501 writes it ("date-time": day space-padded or 2 digits, 4-digit year, numeric
+# zone), the form every server sends; anything else goes to imapclient's reader (RFC 822 forms, "-0000").
+_INTERNALDATE = re.compile(rb"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"), start=1
+    )
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(sign: bytes, hours: bytes, minutes: bytes) -> dt.timezone:
+    offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    return dt.timezone(-offset if sign == b"-" else offset)
+
+
+def _internaldate(value: bytes) -> dt.datetime:
+    """An INTERNALDATE value as a timezone-aware datetime, what imapclient's parse_to_datetime(value,
+    normalise=False) gives (the same instant, offset and fields) in a third of its time: it runs for
+    every message fetched. ValueError for a date that does not exist, as imapclient raises."""
+    match = _INTERNALDATE.fullmatch(value.strip())
+    month = _MONTHS.get(match[2].lower()) if match else None
+    if match is None or month is None or (match[7] == b"-" and match[8] == match[9] == b"00"):
+        return parse_to_datetime(value, normalise=False)
+    try:
+        return dt.datetime(
+            int(match[3]),
+            month,
+            int(match[1]),
+            int(match[4]),
+            int(match[5]),
+            int(match[6]),
+            tzinfo=_zone(match[7], match[8], match[9]),
+        )
+    except ValueError:  # no such day, or a zone of a day or more: imapclient's answer, whatever it is
+        return parse_to_datetime(value, normalise=False)
+
+
 # A line that ends in a literal ({size} then CRLF; imaplib's rule too).
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\}\r\n\Z")
 _FETCH_START = re.compile(rb"\* (\d+) FETCH \(", re.IGNORECASE)
@@ -1088,7 +1127,7 @@ def _usual_fetch(texts: list[bytes], literals: list[bytes], key: bytes, offset: 
             values[b"FLAGS"] = tuple(flags.split())
         elif internaldate is not None:
             try:
-                values[b"INTERNALDATE"] = parse_to_datetime(internaldate, normalise=False)
+                values[b"INTERNALDATE"] = _internaldate(internaldate)
             except ValueError:
                 values[b"INTERNALDATE"] = None
         elif size is not None:
