@@ -396,9 +396,7 @@ def test_the_internaldate_reader_reads_what_imapclient_reads():
     for _ in range(3000):
         day = rng.choice([f"{rng.randint(1, 31):2d}", f"{rng.randint(1, 31):02d}", str(rng.randint(1, 9)), "32", "00"])
         zone = rng.choice(["+0000", "-0000", "+0100", "-0530", "+1400", "-1200", "+0199", "+2400", "-9999"])
-        clock = rng.choice(
-            ["%02d:%02d:%02d" % (rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59)), "24:00:00"]
-        )
+        clock = rng.choice([f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}", "24:00:00"])
         year = rng.choice([str(rng.randint(1970, 2100)), "0000", "2024"])
         value = f"{day}-{rng.choice(months)}-{year} {clock} {zone}"
         if rng.random() < 0.05:
