@@ -1,6 +1,7 @@
 """A first sync keeps the planner's statistics of the tables it fills fresh (mailboxes.tuning)."""
 
 import pytest
+from django.apps import apps
 from django.db import connection, transaction
 
 from crm.models import User
@@ -57,8 +58,14 @@ def test_the_message_table_is_analyzed_without_its_bodies():
     statement = tuning._analyze_statement("mailsync_emailmessage")
     assert '"message_key"' in statement and '"account_id"' in statement
     assert '"body_text"' not in statement and '"body_html"' not in statement and '"search_terms"' not in statement
+    assert '"snippet"' not in statement and '"from_name"' not in statement  # free text nobody looks up
+    assert '"message_id"' in statement and '"from_address"' in statement and '"thread_id"' in statement
     with connection.cursor() as cursor:
         cursor.execute(statement)  # valid SQL for the current schema
+        cursor.execute(tuning._analyze_statement("mailsync_messageparticipant"))
+    for table, columns in tuning._NOT_LOOKED_UP.items():  # each still a column of its table
+        model = next(m for m in apps.get_app_config("mailsync").get_models() if m._meta.db_table == table)
+        assert columns <= {field.column for field in model._meta.concrete_fields}, table
 
 
 def test_a_failed_analyze_never_fails_the_sync(monkeypatch, caplog):
