@@ -2,6 +2,7 @@
 
 import fcntl
 import io
+import os
 import pickle
 import threading
 import time
@@ -429,14 +430,14 @@ def test_waiting_for_the_pool_parses_queued_chunks_in_this_thread(monkeypatch):
 def _parse_with_a_garbled_worker_stream(monkeypatch, garble) -> tuple[list, list]:
     """Submit and close a one-worker pool whose answer stream `garble` spoils; (parsed, raws), or a
     failure if the pool hangs."""
-    real_read_frame = parse_worker.read_frame
+    real_read_frame = parse_worker.read_slot_frame
     calls = []
 
-    def read_frame(stream):
+    def read_slot_frame(stream, shared=None):
         calls.append(1)
-        return garble(len(calls), lambda: real_read_frame(stream))
+        return garble(len(calls), lambda: real_read_frame(stream, shared))
 
-    monkeypatch.setattr(parse_worker, "read_frame", read_frame)
+    monkeypatch.setattr(parse_worker, "read_slot_frame", read_slot_frame)
     raws = [build_message(n, attachment=("a.bin", bytes([n]))) for n in range(1, 13)]
     outcome = []
 
@@ -467,11 +468,80 @@ def test_an_unreadable_answer_stops_the_worker_and_the_rest_is_parsed_here(monke
 def test_an_answer_nobody_asked_for_stops_the_worker(monkeypatch):
     def garble(call, read):
         if call == 1:
-            return pickle.dumps([])  # before any job was sent
+            return pickle.dumps([]), None  # before any job was sent
         return read()
 
     parsed, raws = _parse_with_a_garbled_worker_stream(monkeypatch, garble)
     assert parsed == [parse_message(raw, own_addresses=frozenset()) for raw in raws]
+
+
+def test_an_answer_in_another_requests_slot_stops_the_worker(monkeypatch):
+    garbled = []
+
+    def garble(call, read):
+        answer, slot = read()
+        if call == 1 and slot is not None:  # answer slot 2 said to be 3 (another request's), or 3 said 2
+            garbled.append(slot)
+            return answer, slot ^ 1
+        return answer, slot
+
+    parsed, raws = _parse_with_a_garbled_worker_stream(monkeypatch, garble)
+    assert parsed == [parse_message(raw, own_addresses=frozenset()) for raw in raws]
+    if hasattr(os, "memfd_create"):
+        assert garbled  # the first answer came in the shared area
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="the shared area is Linux's (memfd)")
+def test_chunks_and_answers_cross_in_shared_memory_or_the_pipe_by_size(monkeypatch):
+    """A chunk whose pickle fits a slot crosses in the shared area, its answer too; a larger one (or
+    a larger answer) takes the pipe; either way the result is what parsing here gives, in order."""
+    monkeypatch.setattr(ingest, "SHARED_SLOT_BYTES", 64 * 1024)
+    real_read_frame = parse_worker.read_slot_frame
+    slots_read = []
+
+    def read_slot_frame(stream, shared=None):
+        frame, slot = real_read_frame(stream, shared)
+        if frame is not None:
+            slots_read.append(slot)
+        return frame, slot
+
+    monkeypatch.setattr(parse_worker, "read_slot_frame", read_slot_frame)
+    small = [build_message(n) for n in range(1, 41)]
+    large = [build_message(n, attachment=("big.bin", os.urandom(40_000))) for n in range(41, 49)]
+    raws = small[:20] + large + small[20:]
+    own = frozenset({"alice@company.test"})
+    with ParsePool(workers=1, chunk_size=4) as pool:
+        pool.help_once = lambda: False  # every chunk goes through the worker
+        parsed = pool.submit(raws, own).result()
+    assert parsed == [parse_message(raw, own_addresses=own) for raw in raws]
+    assert len(slots_read) == len(raws) // 4  # one answer a chunk
+    assert {slot for slot in slots_read if slot is not None} == {2, 3}  # answer slot: IN_FLIGHT + request slot
+    assert slots_read.count(None) == 2  # the two chunks of large mail: through the pipe
+
+
+def test_shared_frames_are_read_back_and_bad_headers_refused():
+    shared = parse_worker.SharedSlots.create(2, 1024)
+    if shared is None:
+        pytest.skip("no shared memory here")
+    try:
+        stream = io.BytesIO()
+        parse_worker.write_shared_frame(stream, shared, 3, b"answer bytes")
+        parse_worker.write_frame(stream, b"inline")
+        stream.seek(0)
+        frame, slot = parse_worker.read_slot_frame(stream, shared)
+        assert (bytes(frame), slot) == (b"answer bytes", 3)
+        frame.release()
+        assert parse_worker.read_slot_frame(stream, shared) == (b"inline", None)
+        for header in (
+            parse_worker.SHARED | 4 << 40 | 10,  # no slot 4 in an area of 2 + 2
+            parse_worker.SHARED | 1 << 40 | 1025,  # larger than a slot
+        ):
+            with pytest.raises(ValueError, match="out of step"):
+                parse_worker.read_slot_frame(io.BytesIO(header.to_bytes(8, "big")), shared)
+        with pytest.raises(ValueError, match="out of step"):  # a shared frame where there is no area
+            parse_worker.read_slot_frame(io.BytesIO((parse_worker.SHARED | 5).to_bytes(8, "big")))
+    finally:
+        shared.close()
 
 
 def test_a_frame_length_out_of_step_is_refused_without_allocating_it():

@@ -246,17 +246,26 @@ def _widen_pipe(stream) -> None:
             fcntl.fcntl(stream.fileno(), setter, PIPE_BYTES)
 
 
+# A chunk's pickle up to this size crosses in memory shared with the worker (parse_worker.SharedSlots)
+# instead of the pipe; its answer too. Chunks of 50 messages are a few MB; a larger one takes the pipe.
+SHARED_SLOT_BYTES = 8 << 20
+
+
 class _ParseWorker:
     """One worker process, a thread that sends it jobs (raws, own addresses, future) and one that reads
-    its answers. Up to IN_FLIGHT requests wait in its input pipe, so it never idles between chunks."""
+    its answers. Up to IN_FLIGHT requests wait in its input pipe, so it never idles between chunks.
+    Each request in flight holds one of IN_FLIGHT slots of the shared area (where there is one) until
+    its answer has been read: its pickle goes there when it fits, and the answer comes back there."""
 
     IN_FLIGHT = 2
 
     def __init__(self, jobs: queue.SimpleQueue):
         self._jobs = jobs
-        self._pending: collections.deque = collections.deque()  # sent, answer not read yet
+        self._pending: collections.deque = collections.deque()  # (job, slot): sent, answer not read yet
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(self.IN_FLIGHT)
+        self._free_slots = collections.deque(range(self.IN_FLIGHT))
+        self._shared: parse_worker.SharedSlots | None = None
         self._broken = False
         self.process: subprocess.Popen | None = None
         self._sender = threading.Thread(target=self._send, daemon=True, name="parse-sender")
@@ -268,9 +277,11 @@ class _ParseWorker:
     def _send(self) -> None:
         # Started from this thread: PR_SET_PDEATHSIG follows the thread that started a process, and
         # this one lives exactly as long as the pool needs the worker.
+        shared = parse_worker.SharedSlots.create(self.IN_FLIGHT, SHARED_SLOT_BYTES)
+        area = [str(shared.fd), str(shared.count), str(shared.slot_bytes)] if shared is not None else []
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailsync.sync.parse_worker", str(os.getpid())],
+                [sys.executable, "-m", "mailsync.sync.parse_worker", str(os.getpid()), *area],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 cwd=_PROJECT_ROOT,
@@ -278,11 +289,16 @@ class _ParseWorker:
                     **os.environ,
                     "PYTHONPATH": os.pathsep.join(filter(None, [_PROJECT_ROOT, os.environ.get("PYTHONPATH")])),
                 },
+                pass_fds=(shared.fd,) if shared is not None else (),
             )
         except OSError:
             logger.warning("could not start a parse worker; parsing in this process", exc_info=True)
             self._broken = True
+            if shared is not None:
+                shared.close()
         else:
+            self._shared = shared
+        if self.process is not None:
             _widen_pipe(self.process.stdin)
             _widen_pipe(self.process.stdout)
         receiver = threading.Thread(target=self._receive, daemon=True, name="parse-receiver")
@@ -301,16 +317,20 @@ class _ParseWorker:
                 with self._lock:
                     inline = self._broken
                     if not inline:
-                        self._pending.append(job)
+                        slot = self._free_slots.popleft()  # one is free: a slot per request in flight
+                        self._pending.append((job, slot))
                 if inline:
                     _parse_here(raws, own, future)
                     self._slots.release()
                     continue
+                request = pickle.dumps((raws, own), protocol=pickle.HIGHEST_PROTOCOL)
                 # A worker that is gone makes this fail: the receiver then sees EOF and parses what is pending.
                 with contextlib.suppress(OSError, ValueError):
-                    parse_worker.write_frame(
-                        self.process.stdin, pickle.dumps((raws, own), protocol=pickle.HIGHEST_PROTOCOL)
-                    )
+                    if self._shared is not None and len(request) <= self._shared.slot_bytes:
+                        parse_worker.write_shared_frame(self.process.stdin, self._shared, slot, request)
+                    else:
+                        parse_worker.write_frame(self.process.stdin, request)
+                del request
         finally:
             if self.process is not None:
                 with contextlib.suppress(OSError):
@@ -324,35 +344,51 @@ class _ParseWorker:
                 with contextlib.suppress(OSError):
                     self.process.stdout.close()
                 self.process = None
+            if self._shared is not None:
+                with contextlib.suppress(BufferError):  # a view still held somewhere: the GC unmaps it
+                    self._shared.close()
+                self._shared = None
 
     def _receive(self) -> None:
         while True:
             try:
-                answer = parse_worker.read_frame(self.process.stdout)
+                answer, answer_slot = parse_worker.read_slot_frame(self.process.stdout, self._shared)
             except (OSError, ValueError):
-                answer = None
+                answer, answer_slot = None, None
             except Exception:
                 # An answer that cannot be read (a garbled length: MemoryError) leaves the stream out of
                 # step: the worker is stopped and what it holds is parsed here, as when it dies. Were
                 # this thread to end instead, the sender would wait for a free slot forever.
                 logger.warning("unreadable answer from the parse worker; stopping it", exc_info=True)
-                answer = None
+                answer, answer_slot = None, None
+            refused = ""
             if answer is not None and not self._pending:
-                logger.warning("the parse worker answered more than it was asked; stopping it")
+                refused = "the parse worker answered more than it was asked; stopping it"
+            elif answer_slot is not None and answer_slot != self.IN_FLIGHT + self._pending[0][1]:
+                refused = "the parse worker answered in another request's slot; stopping it"
+            if refused:
+                logger.warning(refused)
+                if answer_slot is not None:
+                    answer.release()
                 answer = None
             if answer is None:
                 with contextlib.suppress(OSError):
                     self.process.kill()
                 break
-            _raws, _own, future = self._pending.popleft()
+            (_raws, _own, future), slot = self._pending.popleft()
             try:
                 future.set_result(pickle.loads(answer))  # noqa: S301 (our own child process, over a private pipe)
             except Exception as exc:
                 future.set_exception(exc)
+            finally:
+                if answer_slot is not None:
+                    answer.release()  # read: the slot may take the next request
+            with self._lock:
+                self._free_slots.append(slot)
             self._slots.release()
         with self._lock:
             self._broken = True
-            left = list(self._pending)
+            left = [job for job, _slot in self._pending]
             self._pending.clear()
         if left:
             logger.warning("parse worker stopped (exit code %s); parsing in this process", self.process.poll())
