@@ -247,8 +247,10 @@ def _widen_pipe(stream) -> None:
 
 
 # A chunk's pickle up to this size crosses in memory shared with the worker (parse_worker.SharedSlots)
-# instead of the pipe; its answer too. Chunks of 50 messages are a few MB; a larger one takes the pipe.
-SHARED_SLOT_BYTES = 8 << 20
+# instead of the pipe; its answer too. Chunks of 50 messages are a few MB (of the generated mail of
+# `bench_sync`: 1.2 MB median, 4 MB at most); a larger one takes the pipe. The area's pages count in
+# the peak RSS of both processes once touched: at most 2 * IN_FLIGHT slots, 16 MB.
+SHARED_SLOT_BYTES = 4 << 20
 
 
 class _ParseWorker:
