@@ -430,14 +430,14 @@ def test_waiting_for_the_pool_parses_queued_chunks_in_this_thread(monkeypatch):
 def _parse_with_a_garbled_worker_stream(monkeypatch, garble) -> tuple[list, list]:
     """Submit and close a one-worker pool whose answer stream `garble` spoils; (parsed, raws), or a
     failure if the pool hangs."""
-    real_read_frame = parse_worker.read_slot_frame
+    real_read_frame = parse_worker.read_frame
     calls = []
 
-    def read_slot_frame(stream, shared=None):
+    def read_frame(stream, shared=None):
         calls.append(1)
         return garble(len(calls), lambda: real_read_frame(stream, shared))
 
-    monkeypatch.setattr(parse_worker, "read_slot_frame", read_slot_frame)
+    monkeypatch.setattr(parse_worker, "read_frame", read_frame)
     raws = [build_message(n, attachment=("a.bin", bytes([n]))) for n in range(1, 13)]
     outcome = []
 
@@ -496,16 +496,16 @@ def test_chunks_and_answers_cross_in_shared_memory_or_the_pipe_by_size(monkeypat
     """A chunk whose pickle fits a slot crosses in the shared area, its answer too; a larger one (or
     a larger answer) takes the pipe; either way the result is what parsing here gives, in order."""
     monkeypatch.setattr(ingest, "SHARED_SLOT_BYTES", 64 * 1024)
-    real_read_frame = parse_worker.read_slot_frame
+    real_read_frame = parse_worker.read_frame
     slots_read = []
 
-    def read_slot_frame(stream, shared=None):
+    def read_frame(stream, shared=None):
         frame, slot = real_read_frame(stream, shared)
         if frame is not None:
             slots_read.append(slot)
         return frame, slot
 
-    monkeypatch.setattr(parse_worker, "read_slot_frame", read_slot_frame)
+    monkeypatch.setattr(parse_worker, "read_frame", read_frame)
     small = [build_message(n) for n in range(1, 41)]
     large = [build_message(n, attachment=("big.bin", os.urandom(40_000))) for n in range(41, 49)]
     raws = small[:20] + large + small[20:]
@@ -528,18 +528,18 @@ def test_shared_frames_are_read_back_and_bad_headers_refused():
         parse_worker.write_shared_frame(stream, shared, 3, b"answer bytes")
         parse_worker.write_frame(stream, b"inline")
         stream.seek(0)
-        frame, slot = parse_worker.read_slot_frame(stream, shared)
+        frame, slot = parse_worker.read_frame(stream, shared)
         assert (bytes(frame), slot) == (b"answer bytes", 3)
         frame.release()
-        assert parse_worker.read_slot_frame(stream, shared) == (b"inline", None)
+        assert parse_worker.read_frame(stream, shared) == (b"inline", None)
         for header in (
             parse_worker.SHARED | 4 << 40 | 10,  # no slot 4 in an area of 2 + 2
             parse_worker.SHARED | 1 << 40 | 1025,  # larger than a slot
         ):
             with pytest.raises(ValueError, match="out of step"):
-                parse_worker.read_slot_frame(io.BytesIO(header.to_bytes(8, "big")), shared)
+                parse_worker.read_frame(io.BytesIO(header.to_bytes(8, "big")), shared)
         with pytest.raises(ValueError, match="out of step"):  # a shared frame where there is no area
-            parse_worker.read_slot_frame(io.BytesIO((parse_worker.SHARED | 5).to_bytes(8, "big")))
+            parse_worker.read_frame(io.BytesIO((parse_worker.SHARED | 5).to_bytes(8, "big")))
     finally:
         shared.close()
 
@@ -552,7 +552,7 @@ def test_a_frame_length_out_of_step_is_refused_without_allocating_it():
     parse_worker.write_frame(frames, b"payload")
     parse_worker.write_frame(frames, b"")
     frames.seek(0)
-    assert [parse_worker.read_frame(frames) for _ in range(3)] == [b"payload", b"", None]
+    assert [parse_worker.read_frame(frames)[0] for _ in range(3)] == [b"payload", b"", None]
 
 
 @pytest.mark.django_db(transaction=True)

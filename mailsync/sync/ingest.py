@@ -354,7 +354,7 @@ class _ParseWorker:
     def _receive(self) -> None:
         while True:
             try:
-                answer, answer_slot = parse_worker.read_slot_frame(self.process.stdout, self._shared)
+                answer, answer_slot = parse_worker.read_frame(self.process.stdout, self._shared)
             except (OSError, ValueError):
                 answer, answer_slot = None, None
             except Exception:

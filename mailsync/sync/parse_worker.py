@@ -128,14 +128,10 @@ def write_frame(stream, payload: bytes) -> None:
     stream.flush()
 
 
-def read_frame(stream, shared: SharedSlots | None = None) -> bytes | memoryview | None:
-    """The next frame: bytes from the pipe, or a view of its slot in `shared` (release it once read),
-    None at EOF. ValueError for a header that cannot be right (the stream is out of step)."""
-    return read_slot_frame(stream, shared)[0]
-
-
-def read_slot_frame(stream, shared: SharedSlots | None = None) -> tuple[bytes | memoryview | None, int | None]:
-    """read_frame, and the slot the frame was in (None: the pipe)."""
+def read_frame(stream, shared: SharedSlots | None = None) -> tuple[bytes | memoryview | None, int | None]:
+    """The next frame and the slot it was in: bytes from the pipe (slot None), or a view of its slot in
+    `shared` (release it once read); (None, None) at EOF. ValueError for a header that cannot be right
+    (the stream is out of step)."""
     header = read_exact(stream, HEADER_BYTES)
     if not header:
         return None, None
@@ -175,7 +171,7 @@ def main() -> None:
     parse_many = import_parsing().parse_many
 
     while True:
-        request, slot = read_slot_frame(requests, shared)
+        request, slot = read_frame(requests, shared)
         if request is None:
             return  # EOF: the pool closed, or its process is gone
         raws, own_addresses = pickle.loads(request)  # noqa: S301 (from the parent, over a private pipe)
